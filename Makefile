@@ -1,0 +1,28 @@
+# Two entry points: `make run` and `make test`. Both build their own venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.toml
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/gateway --config $(CONFIG) serve
+
+test: venv
+	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-4} -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/smtp_ingest.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,337 @@
+"""TOML → typed settings.
+
+Unknown keys are errors, and every error names the file and the dotted key, so a
+typo in a deployment's config is caught at start-up and not discovered as a
+silently ignored option.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "config.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(_Section):
+    database_url: str = "sqlite+aiosqlite:///var/gateway.db"
+    root: Path = Path("var/storage")
+    # "full" survives power loss; "normal" (WAL) only survives a process crash.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    # Upper bound on ingests writing blobs and rows at once.
+    ingest_concurrency: int = Field(8, ge=1, le=256)
+    # How many message/rfc822 levels are opened to find nested attachments.
+    max_nesting_depth: int = Field(3, ge=0, le=10)
+    # Upgrade the schema on start-up (serve, replay) for SQLite; PostgreSQL
+    # deployments usually run `gateway db upgrade` explicitly.
+    auto_migrate: bool = True
+
+
+class SMTPSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(2525, ge=0, le=65535)
+    hostname: str = "gateway.localhost"
+    max_message_size: int = Field(40 * 1024 * 1024, ge=1024)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False
+    max_connections: int = Field(100, ge=1)
+    max_connections_per_peer: int = Field(20, ge=1)
+    max_messages_per_connection: int = Field(1000, ge=1)
+    max_recipients: int = Field(100, ge=1)
+    # Seconds a session may sit idle between commands.
+    timeout: float = Field(300, gt=0)
+    # On SIGTERM, seconds to let messages in flight finish before 421.
+    shutdown_timeout: float = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "SMTPSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("require_tls needs tls_cert and tls_key")
+        return self
+
+
+class HTTPSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+    base_url: str = "http://127.0.0.1:8025"
+    max_upload_size: int = Field(40 * 1024 * 1024, ge=1)
+    # Requests per minute per API key.
+    rate_limit_per_minute: int = Field(600, ge=1)
+    # /healthz and /metrics need no key unless this is true.
+    protect_health_and_metrics: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
+class WorkerSettings(_Section):
+    enabled: bool = True
+    concurrency: int = Field(4, ge=1, le=256)
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(30, ge=0)
+    lease_seconds: float = Field(60, gt=0)
+    # Fallback poll when no wake-up arrives (LISTEN/NOTIFY or in-process).
+    poll_seconds: float = Field(5, gt=0)
+    shutdown_timeout: float = Field(30, ge=0)
+
+
+class OrganizationSettings(_Section):
+    name: str = Field(min_length=1)
+
+
+class WebhookProcessor(_Section):
+    type: Literal["webhook"]
+    url: str
+    secret: str | None = None
+    secret_file: Path | None = None
+    timeout: float = Field(30, gt=0)
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("url must start with http:// or https://")
+        return v
+
+
+class CommandProcessor(_Section):
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    timeout: float = Field(300, gt=0)
+    env: dict[str, str] = {}
+
+
+class FolderProcessor(_Section):
+    type: Literal["folder"]
+    path: Path
+    # Placeholders: {task_id} {upload_id} {document_id} {filename} {sha256}
+    name_pattern: str = "{upload_id}-{task_id}-{filename}"
+
+
+Processor = Annotated[
+    Union[WebhookProcessor, CommandProcessor, FolderProcessor],
+    Field(discriminator="type"),
+]
+
+
+class QueueSettings(_Section):
+    name: str = Field(min_length=1)
+    organization: str
+    addresses: list[str] = []
+    review: bool = False
+    processors: list[Processor] = []
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for a in v:
+            a = a.strip().lower()
+            if a.count("@") != 1 or a.startswith("@") or a.endswith("@"):
+                raise ValueError(f"not an email address: {a!r}")
+            out.append(a)
+        return out
+
+
+class IMAPSettings(_Section):
+    name: str = Field(min_length=1)
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
+    username: str
+    password: str | None = None
+    password_file: Path | None = None
+    password_command: list[str] | None = None
+    auth: Literal["login", "xoauth2"] = "login"
+    folders: list[str] = ["INBOX"]
+    queue: str
+    after: str = "seen"
+    poll_interval: float = Field(60, gt=0)
+    idle: bool = True
+    batch_size: int = Field(20, ge=1, le=1000)
+    max_message_size: int = Field(40 * 1024 * 1024, ge=1024)
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, v: str) -> str:
+        if v in ("seen", "delete"):
+            return v
+        kind, _, arg = v.partition(":")
+        if kind in ("move", "flag") and arg:
+            return v
+        raise ValueError('after must be "seen", "delete", "move:Folder" or "flag:Keyword"')
+
+    @model_validator(mode="after")
+    def _checks(self) -> "IMAPSettings":
+        secrets = [self.password, self.password_file, self.password_command]
+        if sum(s is not None for s in secrets) != 1:
+            raise ValueError("set exactly one of password, password_file, password_command")
+        if self.tls == "none" and not _is_loopback(self.host):
+            raise ValueError('tls = "none" is only allowed for a loopback host')
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LoggingSettings(_Section):
+    # "auto": pretty on a terminal, JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    storage: StorageSettings = StorageSettings()
+    smtp: SMTPSettings = SMTPSettings()
+    http: HTTPSettings = HTTPSettings()
+    workers: WorkerSettings = WorkerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    organizations: list[OrganizationSettings] = []
+    queues: list[QueueSettings] = []
+    imap: list[IMAPSettings] = []
+    # Where the file was read from; relative paths were resolved against its folder.
+    source: Path | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> "Settings":
+        orgs = {o.name for o in self.organizations}
+        if len(orgs) != len(self.organizations):
+            raise ValueError("organization names must be unique")
+        names: set[str] = set()
+        owner: dict[str, str] = {}
+        for q in self.queues:
+            if q.name in names:
+                raise ValueError(f"queue name {q.name!r} is used twice")
+            names.add(q.name)
+            if q.organization not in orgs:
+                raise ValueError(f"queue {q.name!r} names unknown organization {q.organization!r}")
+            for a in q.addresses:
+                if a in owner:
+                    raise ValueError(f"address {a!r} belongs to queues {owner[a]!r} and {q.name!r}")
+                owner[a] = q.name
+        accounts: set[str] = set()
+        for acct in self.imap:
+            if acct.name in accounts:
+                raise ValueError(f"imap account name {acct.name!r} is used twice")
+            accounts.add(acct.name)
+            if acct.queue not in names:
+                raise ValueError(f"imap account {acct.name!r} names unknown queue {acct.queue!r}")
+        return self
+
+    def queue(self, name: str) -> QueueSettings | None:
+        return next((q for q in self.queues if q.name == name), None)
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Make relative paths and SQLite URLs relative to the config file's folder."""
+    storage = data.get("storage")
+    if isinstance(storage, dict):
+        url = storage.get("database_url")
+        if isinstance(url, str) and url.startswith("sqlite") and ":///" in url:
+            prefix, _, path = url.partition(":///")
+            if path and path != ":memory:" and not path.startswith("/"):
+                storage["database_url"] = f"{prefix}:///{(base / path)}"
+        root = storage.get("root")
+        if isinstance(root, str):
+            storage["root"] = str(base / root)
+    for section, keys in (("smtp", ("tls_cert", "tls_key")),):
+        sec = data.get(section)
+        if isinstance(sec, dict):
+            for k in keys:
+                if isinstance(sec.get(k), str):
+                    sec[k] = str(base / sec[k])
+    for q in data.get("queues", []) or []:
+        for p in (q.get("processors", []) if isinstance(q, dict) else []) or []:
+            if isinstance(p, dict):
+                for k in ("path", "secret_file"):
+                    if isinstance(p.get(k), str):
+                        p[k] = str(base / p[k])
+    for acct in data.get("imap", []) or []:
+        if isinstance(acct, dict):
+            for k in ("password_file", "tls_ca_file"):
+                if isinstance(acct.get(k), str):
+                    acct[k] = str(base / acct[k])
+    if "storage" not in data:
+        data["storage"] = {
+            "database_url": f"sqlite+aiosqlite:///{base / 'var/gateway.db'}",
+            "root": str(base / "var/storage"),
+        }
+    return data
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(part) for part in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Read and validate the config; ``path`` defaults to $GATEWAY_CONFIG, then ./config.toml."""
+    if path is None:
+        path = os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_NAME
+    p = Path(path).expanduser().resolve()
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    if "source" in data:
+        raise ConfigError(f"{p}: invalid configuration\n  source: unknown key")
+    data = _resolve_paths(data, p.parent)
+    try:
+        return Settings.model_validate({**data, "source": p})
+    except ValidationError as e:
+        raise ConfigError(_format_error(p, e)) from None
+
+
+def settings_from_dict(data: dict, base: Path) -> Settings:
+    """Build settings as if ``data`` had been read from a file in ``base`` (tests, tools)."""
+    try:
+        data = _resolve_paths(copy.deepcopy(data), base)
+        return Settings.model_validate({**data, "source": base / "config.toml"})
+    except ValidationError as e:
+        raise ConfigError(_format_error(base / "config.toml", e)) from None

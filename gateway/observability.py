@@ -1,0 +1,76 @@
+"""Logging and metrics set-up, in one place.
+
+Log events are dotted names from a closed catalogue (``ingest.created``,
+``smtp.rejected``, ``task.failed`` ...) and carry ids from a fixed list of keys
+(``email_id``, ``upload_id``, ``task_id``, ``queue``, ``peer``), so logs can be
+grepped and asserted on with ``structlog.testing.capture_logs()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+# Keys whose values are never written to a log line, whatever the caller passed.
+SECRET_KEYS = frozenset({"password", "secret", "token", "api_key", "key", "authorization"})
+
+
+def _redact(_logger, _name, event_dict):
+    for k in list(event_dict):
+        if k.lower() in SECRET_KEYS:
+            event_dict[k] = "***"
+    return event_dict
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (
+        structlog.dev.ConsoleRenderer()
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bind):
+    return structlog.get_logger("gateway").bind(**bind)
+
+
+# --- metrics (Prometheus); names are part of the /metrics contract ---------------
+
+MESSAGES_RECEIVED = Counter(
+    "gateway_messages_received_total",
+    "Messages handed to ingest, by ingress and outcome",
+    ["source", "outcome"],
+)
+UPLOADS_CREATED = Counter("gateway_uploads_created_total", "Uploads created", ["queue"])
+INGEST_SECONDS = Histogram(
+    "gateway_ingest_seconds", "Time from raw bytes to committed rows", ["source"]
+)
+SMTP_SESSIONS = Gauge("gateway_smtp_sessions", "Open SMTP sessions")
+SMTP_REPLIES = Counter("gateway_smtp_replies_total", "SMTP replies by code class", ["code"])
+TASK_TRANSITIONS = Counter(
+    "gateway_task_transitions_total", "Task state changes", ["to_status"]
+)
+PROCESSOR_SECONDS = Histogram(
+    "gateway_processor_seconds", "Processor run time", ["type", "outcome"]
+)

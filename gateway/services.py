@@ -1,0 +1,272 @@
+"""Reading uploads, tasks, emails and documents, shared by the CLI and the HTTP API.
+
+Every function takes an optional ``organization_id``: the API always passes the
+key's organization (nothing of another tenant is visible, it is simply not found);
+the CLI, run by the operator, sees everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import NotFound
+from gateway.queue.states import TaskStatus, UploadStatus, upload_status
+from gateway.storage import models as m
+
+T = TaskStatus
+
+
+def _count(*statuses: TaskStatus):
+    return func.sum(case((m.Task.status.in_([s.value for s in statuses]), 1), else_=0))
+
+
+def upload_status_condition(status: UploadStatus):
+    """A HAVING clause over an upload's tasks, mirroring states.upload_status."""
+    active = _count(T.QUEUED, T.PROCESSING)
+    reviewing = _count(T.REVIEWING)
+    failed = _count(T.FAILED)
+    total = func.count(m.Task.id)
+    if status is UploadStatus.PROCESSING:
+        return active > 0
+    if status is UploadStatus.REVIEWING:
+        return (active == 0) & (reviewing > 0)
+    if status is UploadStatus.COMPLETED:
+        return (func.coalesce(active + reviewing + failed, 0) == 0)
+    if status is UploadStatus.FAILED:
+        return (total > 0) & (failed == total)
+    return (active + reviewing == 0) & (failed > 0) & (failed < total)
+
+
+@dataclass
+class Page:
+    items: list
+    next_cursor: int | None
+    previous_cursor: int | None
+
+
+async def statuses_of(s: AsyncSession, upload_ids: list[int]) -> dict[int, UploadStatus]:
+    rows = (
+        await s.execute(select(m.Task.upload_id, m.Task.status).where(m.Task.upload_id.in_(upload_ids)))
+    ).all()
+    by_upload: dict[int, list[str]] = {u: [] for u in upload_ids}
+    for uid, st in rows:
+        by_upload[uid].append(st)
+    return {u: upload_status(sts) for u, sts in by_upload.items()}
+
+
+async def get_upload(s: AsyncSession, upload_id: int, organization_id: int | None = None) -> m.Upload:
+    q = select(m.Upload).where(m.Upload.id == upload_id)
+    if organization_id is not None:
+        q = q.where(m.Upload.organization_id == organization_id)
+    row = (await s.scalars(q)).one_or_none()
+    if row is None:
+        raise NotFound(f"upload {upload_id} not found")
+    return row
+
+
+async def upload_details(s: AsyncSession, upload: m.Upload):
+    """(email or None, documents, tasks) of an upload."""
+    email = await s.get(m.Email, upload.email_id) if upload.email_id else None
+    docs = (await s.scalars(select(m.Document).where(m.Document.upload_id == upload.id).order_by(m.Document.id))).all()
+    tasks = (await s.scalars(select(m.Task).where(m.Task.upload_id == upload.id).order_by(m.Task.id))).all()
+    return email, list(docs), list(tasks)
+
+
+def _paginate(q: Select, id_col, cursor: int | None, page_size: int, reverse: bool = True) -> Select:
+    if cursor is not None:
+        q = q.where(id_col < cursor if reverse else id_col > cursor)
+    return q.order_by(id_col.desc() if reverse else id_col.asc()).limit(page_size + 1)
+
+
+async def list_uploads(
+    s: AsyncSession,
+    *,
+    organization_id: int | None = None,
+    queue_id: int | None = None,
+    status: UploadStatus | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    cursor: int | None = None,
+    page_size: int = 50,
+) -> Page:
+    """Newest first; ``cursor`` is the id of the last upload of the previous page."""
+    q = select(m.Upload)
+    if organization_id is not None:
+        q = q.where(m.Upload.organization_id == organization_id)
+    if queue_id is not None:
+        q = q.where(m.Upload.queue_id == queue_id)
+    if created_after is not None:
+        q = q.where(m.Upload.created_at >= created_after)
+    if created_before is not None:
+        q = q.where(m.Upload.created_at < created_before)
+    if status is not None:
+        matching = (
+            select(m.Upload.id)
+            .outerjoin(m.Task, m.Task.upload_id == m.Upload.id)
+            .group_by(m.Upload.id)
+            .having(upload_status_condition(UploadStatus(status)))
+        )
+        q = q.where(m.Upload.id.in_(matching))
+    rows = list((await s.scalars(_paginate(q, m.Upload.id, cursor, page_size))).all())
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return Page(rows, rows[-1].id if more and rows else None, cursor)
+
+
+async def get_task(s: AsyncSession, task_id: int, organization_id: int | None = None) -> m.Task:
+    q = select(m.Task).where(m.Task.id == task_id)
+    if organization_id is not None:
+        q = q.join(m.Upload, m.Upload.id == m.Task.upload_id).where(m.Upload.organization_id == organization_id)
+    row = (await s.scalars(q)).one_or_none()
+    if row is None:
+        raise NotFound(f"task {task_id} not found")
+    return row
+
+
+async def task_events(s: AsyncSession, task_id: int) -> list[m.TaskEvent]:
+    return list(
+        (await s.scalars(select(m.TaskEvent).where(m.TaskEvent.task_id == task_id).order_by(m.TaskEvent.id))).all()
+    )
+
+
+async def list_tasks(
+    s: AsyncSession,
+    *,
+    organization_id: int | None = None,
+    status: str | None = None,
+    queue_id: int | None = None,
+    upload_id: int | None = None,
+    cursor: int | None = None,
+    page_size: int = 50,
+) -> Page:
+    q = select(m.Task)
+    if organization_id is not None:
+        q = q.join(m.Upload, m.Upload.id == m.Task.upload_id).where(m.Upload.organization_id == organization_id)
+    if status is not None:
+        q = q.where(m.Task.status == TaskStatus(status).value)
+    if queue_id is not None:
+        q = q.where(m.Task.queue_id == queue_id)
+    if upload_id is not None:
+        q = q.where(m.Task.upload_id == upload_id)
+    rows = list((await s.scalars(_paginate(q, m.Task.id, cursor, page_size))).all())
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return Page(rows, rows[-1].id if more and rows else None, cursor)
+
+
+async def queue_by_name(s: AsyncSession, name: str) -> m.Queue:
+    row = (await s.scalars(select(m.Queue).where(m.Queue.name == name))).one_or_none()
+    if row is None:
+        raise NotFound(f"queue {name!r} not found")
+    return row
+
+
+# --- representations (the shapes the API serves and `--json` prints) ---------------
+
+
+def _ts(v: dt.datetime | None) -> str | None:
+    return v.isoformat().replace("+00:00", "Z") if v else None
+
+
+class Urls:
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/") + "/api/v1"
+
+    def __call__(self, kind: str, id_: int | None) -> str | None:
+        return f"{self.base}/{kind}/{id_}" if id_ is not None else None
+
+
+def email_dict(e: m.Email, urls: Urls) -> dict:
+    return {
+        "id": e.id,
+        "url": urls("emails", e.id),
+        "raw": f"{urls('emails', e.id)}/raw",
+        "message_id": e.message_id,
+        "from": e.from_addr,
+        "to": e.to,
+        "cc": e.cc,
+        "subject": e.subject,
+        "date": _ts(e.date),
+        "received_at": _ts(e.received_at),
+        "source": e.source,
+        "envelope": e.envelope,
+        "raw_sha256": e.raw_sha256,
+        "size": e.size,
+        "defects": e.defects,
+        "auth_results": e.auth_results,
+    }
+
+
+def document_dict(d: m.Document, urls: Urls) -> dict:
+    return {
+        "id": d.id,
+        "url": urls("documents", d.id),
+        "content": f"{urls('documents', d.id)}/content",
+        "upload": urls("uploads", d.upload_id),
+        "kind": d.kind,
+        "parent": urls("documents", d.parent_id),
+        "filename": d.filename,
+        "original_filename": d.original_filename,
+        "content_type": d.content_type,
+        "sniffed_type": d.sniffed_type,
+        "size": d.size,
+        "sha256": d.sha256,
+        "duplicate_of": urls("documents", d.duplicate_of),
+    }
+
+
+def task_dict(t: m.Task, urls: Urls, events: list[m.TaskEvent] | None = None) -> dict:
+    d = {
+        "id": t.id,
+        "url": urls("tasks", t.id),
+        "upload": urls("uploads", t.upload_id),
+        "document": urls("documents", t.document_id),
+        "queue": urls("queues", t.queue_id),
+        "status": t.status,
+        "attempts": t.attempts,
+        "last_error": t.last_error,
+        "result": t.result,
+        "created_at": _ts(t.created_at),
+        "updated_at": _ts(t.updated_at),
+    }
+    if events is not None:
+        d["history"] = [
+            {"from": e.from_status, "to": e.to_status, "at": _ts(e.at), "by": e.actor, "reason": e.reason}
+            for e in events
+        ]
+    return d
+
+
+def upload_dict(
+    u: m.Upload,
+    urls: Urls,
+    status: UploadStatus,
+    *,
+    email: m.Email | None = None,
+    documents: list[m.Document] | None = None,
+    tasks: list[m.Task] | None = None,
+) -> dict:
+    """With ``documents``/``tasks``/``email`` given they are expanded; otherwise linked."""
+    d = {
+        "id": u.id,
+        "url": urls("uploads", u.id),
+        "queue": urls("queues", u.queue_id),
+        "queue_name": u.queue.name,
+        "organization": urls("organizations", u.organization_id),
+        "email": urls("emails", u.email_id),
+        "name": u.name,
+        "metadata": u.meta,
+        "created_at": _ts(u.created_at),
+        "status": status.value,
+    }
+    if documents is not None:
+        d["documents"] = [document_dict(x, urls) for x in documents]
+    if tasks is not None:
+        d["tasks"] = [task_dict(x, urls) for x in tasks]
+    if email is not None:
+        d["email_detail"] = email_dict(email, urls)
+    return d

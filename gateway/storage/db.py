@@ -1,0 +1,138 @@
+"""Database engine, sessions and migrations for SQLite and PostgreSQL.
+
+The backend is picked from the URL scheme; everything above this module is the same
+for both. On SQLite every transaction starts with ``BEGIN IMMEDIATE``: a deferred
+transaction that reads and then writes can fail at once with "database is locked"
+when another writer committed in between, and busy_timeout does not cover that case.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from gateway.errors import DatabaseUnavailable
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Held while migrating so that several instances starting at once do not race.
+_PG_MIGRATION_LOCK = 0x6761_7465  # "gate"
+
+
+def is_sqlite(url_or_engine) -> bool:
+    url = str(getattr(url_or_engine, "url", url_or_engine))
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 10) -> AsyncEngine:
+    if is_sqlite(url):
+        path = url.partition(":///")[2]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        sync = engine.sync_engine
+
+        @event.listens_for(sync, "connect")
+        def _pragmas(dbapi_conn, _record):
+            # Let SQLAlchemy's begin event issue BEGIN itself (see module doc).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(sync, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit on success, roll back on error; DB outages become
+    DatabaseUnavailable so every ingress can answer "try again later"."""
+    try:
+        async with sessions() as session:
+            async with session.begin():
+                yield session
+    except (OperationalError, DBAPIError, OSError, ConnectionError) as e:
+        if isinstance(e, DBAPIError) and not isinstance(e, OperationalError) and not e.connection_invalidated:
+            # Integrity errors and the like are the caller's business.
+            if type(e).__name__ != "InterfaceError":
+                raise
+        raise DatabaseUnavailable(f"database unavailable: {_short(e)}") from e
+
+
+def _short(e: BaseException) -> str:
+    msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _upgrade_sync(connection, revision: str = "head") -> None:
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Apply migrations; safe to call from several instances at once."""
+    if is_sqlite(engine):
+        async with engine.connect() as conn:
+            await conn.run_sync(_upgrade_sync, revision)
+            await conn.commit()
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        try:
+            await conn.run_sync(_upgrade_sync, revision)
+            await conn.commit()
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            await conn.commit()
+
+
+def _current_sync(connection) -> tuple[str | None, str]:
+    ctx = MigrationContext.configure(connection)
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return ctx.get_current_revision(), head
+
+
+async def migration_state(engine: AsyncEngine) -> tuple[str | None, str]:
+    """(current revision, head revision)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_sync)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as e:  # any driver error means "not reachable"
+        raise DatabaseUnavailable(f"database unreachable: {_short(e)}") from e
