@@ -87,6 +87,30 @@ def serve(ctx: Ctx) -> None:
     sys.exit(run_daemon(ctx.settings))
 
 
+# --- check ----------------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@pass_ctx
+@run_async
+async def check(ctx: Ctx, as_json: bool) -> None:
+    """Validate the config and try every connection it names."""
+    from gateway.checks import run_checks
+
+    results = await run_checks(ctx.settings)
+    for r in results:
+        if as_json:
+            click.echo(_dump(r.as_dict()))
+        else:
+            click.echo(f"{'ok  ' if r.ok else 'FAIL'}  {r.name}: {r.detail}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        if not as_json:
+            click.echo(f"{len(failed)} problem(s)", err=True)
+        sys.exit(1)
+
+
 # --- db -------------------------------------------------------------------------------
 
 
@@ -96,7 +120,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="heads", show_default=True)
 @pass_ctx
 @run_async
 async def db_upgrade(ctx: Ctx, revision: str) -> None:
@@ -109,7 +133,7 @@ async def db_upgrade(ctx: Ctx, revision: str) -> None:
         current, head = await dbm.migration_state(engine)
     finally:
         await engine.dispose()
-    click.echo(f"database at revision {current} (head {head})")
+    click.echo(f"database at revision {', '.join(sorted(current))} (code: {', '.join(sorted(head))})")
 
 
 # --- replay ---------------------------------------------------------------------------

@@ -95,13 +95,13 @@ def _alembic_config() -> AlembicConfig:
     return cfg
 
 
-def _upgrade_sync(connection, revision: str = "head") -> None:
+def _upgrade_sync(connection, revision: str = "heads") -> None:
     cfg = _alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
     """Apply migrations; safe to call from several instances at once."""
     if is_sqlite(engine):
         async with engine.connect() as conn:
@@ -118,14 +118,15 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
             await conn.commit()
 
 
-def _current_sync(connection) -> tuple[str | None, str]:
+def _current_sync(connection) -> tuple[set[str], set[str]]:
     ctx = MigrationContext.configure(connection)
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    return ctx.get_current_revision(), head
+    heads = set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+    return set(ctx.get_current_heads()), heads
 
 
-async def migration_state(engine: AsyncEngine) -> tuple[str | None, str]:
-    """(current revision, head revision)."""
+async def migration_state(engine: AsyncEngine) -> tuple[set[str], set[str]]:
+    """(revisions the database is at, head revisions of the code). Migrations
+    of different areas may branch from one base; "heads" applies them all."""
     async with engine.connect() as conn:
         return await conn.run_sync(_current_sync)
 
