@@ -19,6 +19,7 @@ run: venv
 	$(BIN)/gateway --config $(CONFIG) serve
 
 test: venv
+	./scripts/test-deps.sh
 	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-4} -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: venv

@@ -68,6 +68,15 @@ async def serve(settings: Settings, *, stop_event: asyncio.Event | None = None) 
             loop.add_signal_handler(sig, stop_event.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
+    try:
+        # Reload is not supported (a restart drains and is safe); SIGHUP's default
+        # action would kill the daemon, so it is caught and logged instead.
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.warning("daemon.reload_unsupported", hint="use systemctl restart"),
+        )
+    except (NotImplementedError, RuntimeError):
+        pass
     async with open_runtime(settings) as rt:
         components = build_components(rt)
         started: list[Component] = []
