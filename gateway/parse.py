@@ -75,7 +75,7 @@ _REPORT_TYPES = frozenset({
 })
 _RESERVED_NAMES = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
-    | {f"{p}{i}" for p in ("COM", "LPT") for i in range(10)}
+    | {f"{p}{i}" for p in ("COM", "LPT") for i in "0123456789¹²³"}
 )
 _SAFE_PUNCTUATION = frozenset(" .-_()+,@")
 _CID_REF = re.compile(r"cid:([^\s\"'<>()]+)", re.IGNORECASE)
@@ -83,13 +83,10 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # A fixed table, not the host's /etc/mime.types: fallback names must not
 # change with the machine that parsed the mail.
 _MIME = mimetypes.MimeTypes()
-for _type, _ext in {
-    "text/calendar": ".ics",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
-}.items():
-    _MIME.add_type(_type, _ext)
+_MIME.add_type("text/calendar", ".ics")
+_MIME.add_type("application/vnd.openxmlformats-officedocument.wordprocessingml.document", ".docx")
+_MIME.add_type("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ".xlsx")
+_MIME.add_type("application/vnd.openxmlformats-officedocument.presentationml.presentation", ".pptx")
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ class ParsedDocument:
     content_type: str  # declared, lowercased
     sniffed_type: str | None  # judged from the bytes
     data: bytes
-    parent: int | None = None  # index in ParsedMail.documents (see module docs)
+    parent: int | None = None  # inline: 0 (the body); nested: its message/rfc822 document
     content_id: str | None = None
     depth: int = 0
 
@@ -196,7 +193,8 @@ def _cap_bytes(name: str, limit: int) -> str:
 
 def _parse(raw: bytes, max_depth: int, fingerprint: str) -> ParsedMail:
     msg = email.message_from_bytes(raw, _class=_Part, policy=compat32)
-    walk = _Walk(max_depth)
+    first_line = raw[: raw.find(b"\n") + 1]
+    walk = _Walk(max_depth, linesep="\r\n" if first_line.endswith(b"\r\n") else "\n")
     walk.message(msg, "", depth=0, parent=None)
     fields, defects = _header_fields(msg)
     defects += walk.defects
@@ -224,8 +222,9 @@ class _Walk:
     with its files becoming "nested" documents.
     """
 
-    def __init__(self, max_depth: int):
+    def __init__(self, max_depth: int, linesep: str):
         self.max_depth = max_depth
+        self.linesep = linesep  # attached messages keep the line ends of the mail they came in
         self.documents: list[ParsedDocument] = []
         self.defects: list[str] = []
         self.reparsed: list[tuple[Message, str]] = []  # inner messages decoded from base64/QP
@@ -264,7 +263,8 @@ class _Walk:
             data, inner = self._attached_message(part, path)
             name = _filename(part)
             subject = _decode_words(_unfold(_text(inner.get("subject", "")))) if inner else ""
-            stem = sanitize_filename(subject, fallback="")
+            # A subject is not a path: its slashes are characters to replace.
+            stem = sanitize_filename(re.sub(r"[/\\]", "_", subject), fallback="")
             fallback = sanitize_filename(f"{stem}.eml", fallback="forwarded.eml") if stem else "forwarded.eml"
             index = self._add(kind, part, path, depth=depth, parent=parent, data=data,
                               content_type="message/rfc822", name=name, fallback=fallback)
@@ -308,7 +308,7 @@ class _Walk:
                 self.reparsed.append((inner, path))
             return data, inner
         inner = payload[0]
-        data = _flatten(inner)
+        data = _flatten(inner, self.linesep)
         # compat32 parses the part's text as a message whatever its
         # Content-Transfer-Encoding; an encoded one (some clients base64 a
         # forwarded mail) parsed to garbage and must be decoded and re-read.
@@ -514,9 +514,13 @@ def _filename(part: Message) -> str | None:
 
 
 def _declared_type(part: Message) -> str:
-    if part.get("content-type") is None and part.get_default_type() == "text/plain":
-        return "application/octet-stream"  # an attachment without type: bytes of unknown kind
-    return part.get_content_type()
+    ctype = part.get_content_type()
+    declared = str(part.get("content-type") or "").strip().lower()
+    # compat32 says text/plain for a missing or malformed type ("pdf"); for
+    # a file that means "unknown bytes", not "text".
+    if ctype == "text/plain" and not declared.startswith("text/plain") and part.get_default_type() == "text/plain":
+        return "application/octet-stream"
+    return ctype
 
 
 def _extension(content_type: str, sniffed: str | None) -> str:
@@ -531,11 +535,11 @@ def _norm_cid(value: str, *, lower: bool = True) -> str:
     return value.lower() if lower else value
 
 
-def _flatten(msg: Message) -> bytes:
+def _flatten(msg: Message, linesep: str) -> bytes:
     # Regenerated, not sliced from the input (the stdlib keeps no offsets):
-    # same headers unfolded as they came, body bytes unchanged, LF line ends.
+    # headers folded as they came, body bytes unchanged but line ends.
     out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, maxheaderlen=0).flatten(msg)
+    BytesGenerator(out, mangle_from_=False, maxheaderlen=0).flatten(msg, linesep=linesep)
     return out.getvalue()
 
 
@@ -573,9 +577,10 @@ def _decode_text(payload: bytes, charset: str | None, where: str, defects: list[
                 return payload.decode(attempt)
             except UnicodeError:
                 pass
-    if codec or charset:
-        defects.append(f"undecodable text in {where} as {charset!r}: characters replaced")
-    return payload.decode(codec, "replace") if codec else payload.decode("latin-1")
+    if codec is None:
+        return payload.decode("latin-1")
+    defects.append(f"undecodable text in {where} as {charset!r}: characters replaced")
+    return payload.decode(codec, "replace")
 
 
 def _text(value) -> str:
@@ -588,7 +593,14 @@ def _text(value) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        pass
+    # UTF-8 cut mid-character (Yahoo truncates long names) reads better with
+    # one replacement character than as latin-1 mojibake.
+    lossy = raw.decode("utf-8", "replace")
+    bad = lossy.count("\ufffd")
+    if bad <= 2 and bad * 10 < sum(b > 127 for b in raw):
+        return lossy
+    return raw.decode("latin-1")
 
 
 def _unfold(value: str) -> str:
