@@ -159,6 +159,10 @@ async def replay(ctx: Ctx, paths: tuple[str, ...], queue: str | None, concurrenc
     if not as_json and sys.stderr.isatty():
         from rich.progress import Progress
 
+        # The line per message already says what happened; info logs would
+        # tear the progress bar apart on a terminal.
+        if settings.logging.level in ("debug", "info"):
+            configure_logging(settings.logging.format, "warning")
         progress = Progress(transient=True)
         bar = progress.add_task("replaying", total=None)
         progress.start()
@@ -324,6 +328,80 @@ async def tasks_show(ctx: Ctx, task_id: int, as_json: bool) -> None:
         click.echo(f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  by {e['by']}  {e['reason'] or ''}")
 
 
+def _steer_command(action: str, summary: str):
+    """`gateway tasks retry|complete|discard`: one task by id, or many by selector."""
+
+    @tasks.command(action, help=summary)
+    @click.argument("task_ids", nargs=-1, type=int)
+    @click.option("--upload", "upload_id", type=int, help="The tasks of this upload.")
+    @click.option(
+        "--status",
+        type=click.Choice(["queued", "processing", "reviewing", "completed", "failed", "discarded"]),
+        help="The tasks in this state (default with --upload: every state the action applies to).",
+    )
+    @click.option("--reason", help="Why, kept in the task's history.")
+    @json_option
+    @pass_ctx
+    @run_async
+    async def command(ctx: Ctx, task_ids, upload_id, status, reason, as_json) -> None:
+        import getpass
+
+        from sqlalchemy import select
+
+        from gateway import services as sv
+        from gateway.errors import ConflictStatus, NotFound
+        from gateway.queue.steer import STEERABLE_FROM, steer
+        from gateway.runtime import open_runtime
+        from gateway.storage import models as m
+
+        if not task_ids and upload_id is None and status is None:
+            raise click.UsageError("give task ids, --upload ID or --status STATE")
+        if task_ids and (upload_id is not None or status is not None):
+            raise click.UsageError("give either task ids or --upload/--status, not both")
+        try:
+            actor = f"cli:{getpass.getuser()}"
+        except Exception:  # no user name in a container: still say where it came from
+            actor = "cli"
+        urls = _urls(ctx.settings)
+        errors = 0
+        async with open_runtime(ctx.settings) as rt:
+            ids = list(task_ids)
+            if not ids:
+                async with rt.sessions() as s:
+                    q = select(m.Task.id).order_by(m.Task.id)
+                    if upload_id is not None:
+                        await sv.get_upload(s, upload_id)  # NotFound → exit 1
+                        q = q.where(m.Task.upload_id == upload_id)
+                    states = [status] if status else [x.value for x in STEERABLE_FROM[action]]
+                    ids = list((await s.scalars(q.where(m.Task.status.in_(states)))).all())
+            for task_id in ids:
+                try:
+                    t = await steer(rt.sessions, task_id, action, actor=actor, reason=reason)
+                except (ConflictStatus, NotFound) as e:
+                    errors += 1
+                    if isinstance(e, ConflictStatus) and getattr(e, "current", None):
+                        allowed = " or ".join(sorted(x.value for x in STEERABLE_FROM[action]))
+                        e = f"task {task_id} is {e.current}; {action} applies to {allowed} tasks only"
+                    click.echo(f"error: {e}", err=True)
+                    continue
+                if as_json:
+                    click.echo(_dump(sv.task_dict(t, urls)))
+                else:
+                    click.echo(f"task {t.id}: {action} -> {t.status}")
+        if not as_json and not task_ids:
+            click.echo(f"{len(ids) - errors} of {len(ids)} task(s) {action}", err=True)
+        if errors:
+            sys.exit(1)
+
+    command.__name__ = f"tasks_{action}"
+    return command
+
+
+tasks_retry = _steer_command("retry", "Queue failed tasks again (the attempt count starts afresh).")
+tasks_complete = _steer_command("complete", "Mark tasks in review as completed.")
+tasks_discard = _steer_command("discard", "Drop queued, failed or reviewing tasks.")
+
+
 # --- storage --------------------------------------------------------------------------
 
 
@@ -349,6 +427,87 @@ async def storage_gc(ctx: Ctx, min_age: int, dry_run: bool, as_json: bool) -> No
         click.echo(_dump({"removed": removed, "dry_run": dry_run}))
     else:
         click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} orphan blob(s)")
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys for the HTTP API."""
+
+
+@keys.command("create")
+@click.option("--organization", required=True, help="The organization the key belongs to.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["upload.create", "upload.read", "upload.edit", "task.read", "task.edit"]),
+    help="Repeat for several scopes.",
+)
+@click.option("--name", help="A note to tell keys apart (e.g. the client's name).")
+@json_option
+@pass_ctx
+@run_async
+async def keys_create(ctx: Ctx, organization: str, scopes: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """Create a key; it is printed once and stored only hashed."""
+    from gateway.api.keys import create_key
+    from gateway.runtime import open_runtime
+
+    async with open_runtime(ctx.settings) as rt:
+        created = await create_key(rt.sessions, organization, list(scopes), name)
+    if as_json:
+        click.echo(_dump(created.as_dict()))
+        return
+    click.echo(created.key)
+    click.echo(
+        f"key {created.id} for {organization} ({', '.join(created.scopes)}); it is shown only now, store it safely",
+        err=True,
+    )
+
+
+@keys.command("list")
+@json_option
+@pass_ctx
+@run_async
+async def keys_list(ctx: Ctx, as_json: bool) -> None:
+    """List keys (their prefix, never the key)."""
+    from gateway.api.keys import key_dict, list_keys
+    from gateway.runtime import open_runtime
+
+    async with open_runtime(ctx.settings) as rt:
+        rows = await list_keys(rt.sessions)
+        items = [key_dict(k) for k in rows]
+    for d in items:
+        if as_json:
+            click.echo(_dump(d))
+        else:
+            state = f"revoked {d['revoked_at']}" if d["revoked_at"] else "active"
+            click.echo(
+                f"{d['id']:>5}  {d['prefix']}…  {d['organization']:12} {state:30} {','.join(d['scopes'])}"
+                f"  {d['name'] or ''}"
+            )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@json_option
+@pass_ctx
+@run_async
+async def keys_revoke(ctx: Ctx, key_id: int, as_json: bool) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from gateway.api.keys import key_dict, revoke_key
+    from gateway.runtime import open_runtime
+
+    async with open_runtime(ctx.settings) as rt:
+        row = await revoke_key(rt.sessions, key_id)
+        d = key_dict(row)
+    if as_json:
+        click.echo(_dump(d))
+    else:
+        click.echo(f"key {key_id} revoked at {d['revoked_at']}")
 
 
 if __name__ == "__main__":  # pragma: no cover
