@@ -11,7 +11,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.errors import NotFound
+from gateway.errors import IllegalTransition, NotFound
 from gateway.observability import TASK_TRANSITIONS, get_logger
 from gateway.queue.states import TaskStatus, check_transition
 from gateway.storage import models as m
@@ -24,6 +24,14 @@ TARGETS: dict[str, TaskStatus] = {
     "retry": TaskStatus.QUEUED,
     "complete": TaskStatus.COMPLETED,
     "discard": TaskStatus.DISCARDED,
+}
+# What a person may steer from. Narrower than the state machine: processing →
+# queued/completed are the worker's own moves (lease expiry, finishing), so a
+# person must not yank a task from under a worker with "retry" or "complete".
+STEERABLE_FROM: dict[str, frozenset[TaskStatus]] = {
+    "retry": frozenset({TaskStatus.FAILED}),
+    "complete": frozenset({TaskStatus.REVIEWING}),
+    "discard": frozenset({TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.REVIEWING}),
 }
 
 
@@ -64,10 +72,17 @@ async def steer(
     target = TARGETS[action]
     async with transaction(sessions) as s:
         task = await _locked_task(s, task_id, organization_id)
+        if task.status not in STEERABLE_FROM[action]:
+            raise IllegalTransition(task.status, target)
         fields = {}
         if action == "retry":
             # A person asked for another go: start the attempt count afresh
             # (the history keeps every earlier attempt).
             fields = {"attempts": 0, "run_after": None}
         transition(s, task, target, actor=actor, reason=reason or action, **fields)
+    if target is TaskStatus.QUEUED:
+        # Wake the workers (this process's, and other instances' on PostgreSQL).
+        from gateway.queue import wakeup
+
+        await wakeup.tasks_runnable(sessions.kw["bind"], [task.id])
     return task
