@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.errors import NotFound
+from gateway.errors import ConflictStatus, NotFound
 from gateway.queue.states import TaskStatus, UploadStatus, upload_status
 from gateway.storage import models as m
 
@@ -82,6 +82,22 @@ def _paginate(q: Select, id_col, cursor: int | None, page_size: int, reverse: bo
     return q.order_by(id_col.desc() if reverse else id_col.asc()).limit(page_size + 1)
 
 
+async def _page(s: AsyncSession, q: Select, id_col, cursor: int | None, after: int | None, page_size: int) -> Page:
+    """Newest first. ``cursor``: ids below it (the next page); ``after``: ids above
+    it (the previous page, fetched oldest first and turned round). The cursors of
+    the returned page point on in both directions (the API's next/previous links)."""
+    if after is not None:
+        rows = list((await s.scalars(_paginate(q, id_col, after, page_size, reverse=False))).all())
+        more = len(rows) > page_size
+        rows = rows[:page_size][::-1]
+        return Page(rows, rows[-1].id if rows else None, rows[0].id if more and rows else None)
+    rows = list((await s.scalars(_paginate(q, id_col, cursor, page_size))).all())
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    previous = (rows[0].id if rows else max(cursor - 1, 0)) if cursor is not None else None
+    return Page(rows, rows[-1].id if more and rows else None, previous)
+
+
 async def list_uploads(
     s: AsyncSession,
     *,
@@ -92,6 +108,7 @@ async def list_uploads(
     created_before: dt.datetime | None = None,
     cursor: int | None = None,
     page_size: int = 50,
+    after: int | None = None,
 ) -> Page:
     """Newest first; ``cursor`` is the id of the last upload of the previous page."""
     q = select(m.Upload)
@@ -111,10 +128,7 @@ async def list_uploads(
             .having(upload_status_condition(UploadStatus(status)))
         )
         q = q.where(m.Upload.id.in_(matching))
-    rows = list((await s.scalars(_paginate(q, m.Upload.id, cursor, page_size))).all())
-    more = len(rows) > page_size
-    rows = rows[:page_size]
-    return Page(rows, rows[-1].id if more and rows else None, cursor)
+    return await _page(s, q, m.Upload.id, cursor, after, page_size)
 
 
 async def get_task(s: AsyncSession, task_id: int, organization_id: int | None = None) -> m.Task:
@@ -142,6 +156,7 @@ async def list_tasks(
     upload_id: int | None = None,
     cursor: int | None = None,
     page_size: int = 50,
+    after: int | None = None,
 ) -> Page:
     q = select(m.Task)
     if organization_id is not None:
@@ -152,10 +167,7 @@ async def list_tasks(
         q = q.where(m.Task.queue_id == queue_id)
     if upload_id is not None:
         q = q.where(m.Task.upload_id == upload_id)
-    rows = list((await s.scalars(_paginate(q, m.Task.id, cursor, page_size))).all())
-    more = len(rows) > page_size
-    rows = rows[:page_size]
-    return Page(rows, rows[-1].id if more and rows else None, cursor)
+    return await _page(s, q, m.Task.id, cursor, after, page_size)
 
 
 async def queue_by_name(s: AsyncSession, name: str) -> m.Queue:
@@ -163,6 +175,84 @@ async def queue_by_name(s: AsyncSession, name: str) -> m.Queue:
     if row is None:
         raise NotFound(f"queue {name!r} not found")
     return row
+
+
+async def get_email(s: AsyncSession, email_id: int, organization_id: int | None = None) -> m.Email:
+    """An email is visible to an organization that has an upload of it."""
+    q = select(m.Email).where(m.Email.id == email_id)
+    if organization_id is not None:
+        q = q.where(
+            select(m.Upload.id)
+            .where(m.Upload.email_id == m.Email.id, m.Upload.organization_id == organization_id)
+            .exists()
+        )
+    row = (await s.scalars(q)).one_or_none()
+    if row is None:
+        raise NotFound(f"email {email_id} not found")
+    return row
+
+
+async def get_document(s: AsyncSession, document_id: int, organization_id: int | None = None) -> m.Document:
+    q = select(m.Document).where(m.Document.id == document_id)
+    if organization_id is not None:
+        q = q.join(m.Upload, m.Upload.id == m.Document.upload_id).where(m.Upload.organization_id == organization_id)
+    row = (await s.scalars(q)).one_or_none()
+    if row is None:
+        raise NotFound(f"document {document_id} not found")
+    return row
+
+
+async def upload_relatives(s: AsyncSession, upload_ids: list[int]) -> dict[int, tuple[list[int], list[int]]]:
+    """(document ids, task ids) per upload, for linking without loading the rows."""
+    out: dict[int, tuple[list[int], list[int]]] = {u: ([], []) for u in upload_ids}
+    if not upload_ids:
+        return out
+    for uid, did in (
+        await s.execute(
+            select(m.Document.upload_id, m.Document.id).where(m.Document.upload_id.in_(upload_ids)).order_by(m.Document.id)
+        )
+    ).all():
+        out[uid][0].append(did)
+    for uid, tid in (
+        await s.execute(select(m.Task.upload_id, m.Task.id).where(m.Task.upload_id.in_(upload_ids)).order_by(m.Task.id))
+    ).all():
+        out[uid][1].append(tid)
+    return out
+
+
+async def list_queues(s: AsyncSession, organization_id: int | None = None) -> list[m.Queue]:
+    q = select(m.Queue).order_by(m.Queue.id)
+    if organization_id is not None:
+        q = q.where(m.Queue.organization_id == organization_id)
+    return list((await s.scalars(q)).all())
+
+
+async def get_queue(s: AsyncSession, queue_id: int, organization_id: int | None = None) -> m.Queue:
+    q = select(m.Queue).where(m.Queue.id == queue_id)
+    if organization_id is not None:
+        q = q.where(m.Queue.organization_id == organization_id)
+    row = (await s.scalars(q)).one_or_none()
+    if row is None:
+        raise NotFound(f"queue {queue_id} not found")
+    return row
+
+
+async def move_upload(s: AsyncSession, upload: m.Upload, queue: m.Queue) -> None:
+    """Move an upload and its tasks to ``queue`` (same organization; the caller checks)."""
+    if queue.organization_id != upload.organization_id:
+        raise NotFound(f"queue {queue.id} not found")
+    if not queue.active:
+        raise ConflictStatus(f"queue {queue.name!r} is no longer in the configuration")
+    if upload.email_id is not None and queue.id != upload.queue_id:
+        # One upload per (email, queue): the email may already be in the target queue.
+        clash = await s.scalar(
+            select(m.Upload.id).where(m.Upload.email_id == upload.email_id, m.Upload.queue_id == queue.id)
+        )
+        if clash is not None:
+            raise ConflictStatus(f"upload {clash} already holds this email in queue {queue.name!r}")
+    await s.execute(update(m.Task).where(m.Task.upload_id == upload.id).values(queue_id=queue.id))
+    upload.queue_id = queue.id
+    upload.queue = queue
 
 
 # --- representations (the shapes the API serves and `--json` prints) ---------------

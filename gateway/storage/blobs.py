@@ -119,9 +119,13 @@ class LocalBlobStore:
 
     def _check_sync(self) -> None:
         self.ensure()
-        probe = self._tmp / f"probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # A unique name per call: concurrent health probes must not race.
+        fd, probe = tempfile.mkstemp(dir=self._tmp, prefix="probe-")
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
 
     async def check(self) -> None:
         """Raise StorageUnavailable unless the root is writable."""

@@ -55,3 +55,10 @@ async def test_gc_removes_only_old_unreferenced_blobs(runtime):
     for h in list(runtime.blobs.iter_hashes()):
         os.utime(runtime.blobs.open_path(h), (1, 1))
     assert await collect_orphans(runtime, min_age=3600) == [young]
+
+
+async def test_concurrent_checks_do_not_race(tmp_path):
+    import asyncio
+
+    store = LocalBlobStore(tmp_path / "root")
+    await asyncio.gather(*(store.check() for _ in range(200)))

@@ -1,0 +1,59 @@
+"""/emails: a received message's metadata, and its raw bytes exactly as stored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from gateway import services as sv
+from gateway.api import schemas
+from gateway.api.auth import Principal, require
+from gateway.api.common import AUTH_ERRORS, MAX_ID, errors, runtime, urls
+from gateway.errors import StorageUnavailable
+from gateway.storage import models as m
+from gateway.storage.db import transaction
+
+router = APIRouter(tags=["emails"])
+
+
+@router.get(
+    "/emails/{email_id}",
+    response_model=schemas.Email,
+    summary="Read a received email's metadata",
+    responses=errors(*AUTH_ERRORS, 404),
+)
+async def get_email(request: Request, principal: Principal = Depends(require("upload.read")), email_id: int = Path(..., ge=0, le=MAX_ID)):
+    rt = runtime(request)
+    async with transaction(rt.sessions) as s:
+        email = await sv.get_email(s, email_id, principal.organization_id)
+        upload_ids = (
+            await s.scalars(
+                select(m.Upload.id)
+                .where(m.Upload.email_id == email_id, m.Upload.organization_id == principal.organization_id)
+                .order_by(m.Upload.id)
+            )
+        ).all()
+    u = urls(request)
+    return {**sv.email_dict(email, u), "uploads": [u("uploads", i) for i in upload_ids]}
+
+
+@router.get(
+    "/emails/{email_id}/raw",
+    summary="The raw message, byte for byte as received",
+    response_class=FileResponse,
+    responses={200: {"content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}}}, **errors(*AUTH_ERRORS, 404)},
+)
+async def get_email_raw(request: Request, principal: Principal = Depends(require("upload.read")), email_id: int = Path(..., ge=0, le=MAX_ID)):
+    rt = runtime(request)
+    async with transaction(rt.sessions) as s:
+        email = await sv.get_email(s, email_id, principal.organization_id)
+    path = rt.blobs.open_path(email.raw_sha256)
+    if not await rt.blobs.exists(email.raw_sha256):
+        raise StorageUnavailable(f"blob {email.raw_sha256} of email {email_id} is missing")
+    # FileResponse streams the file in chunks off the event loop; no re-encoding.
+    return FileResponse(
+        path,
+        media_type="message/rfc822",
+        headers={"Content-Disposition": f'attachment; filename="email-{email_id}.eml"', "X-Content-Type-Options": "nosniff"},
+    )

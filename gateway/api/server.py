@@ -1,0 +1,96 @@
+"""The "http" component of `gateway serve`: uvicorn on the daemon's own event loop.
+
+We bind the socket ourselves and hand it to uvicorn: a port already in use is
+then an ``OSError`` from ``start()`` (the daemon reports it), not uvicorn's
+``sys.exit`` inside a task. uvicorn's own signal capture is switched off — the
+daemon owns SIGTERM and calls ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+
+from gateway.api.app import create_app
+from gateway.observability import get_logger
+
+log = get_logger()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class HTTPServer:
+    name = "http"
+
+    def __init__(self, rt, *, host: str | None = None, port: int | None = None) -> None:
+        self.rt = rt
+        http = rt.settings.http
+        self.host = host or http.host
+        self.port = http.port if port is None else port
+        self.app = create_app(rt)
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task | None = None
+        self._sock: socket.socket | None = None
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def bound_port(self) -> int:
+        assert self._sock is not None
+        return self._sock.getsockname()[1]
+
+    async def start(self) -> None:
+        self._sock = self._bind()
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,  # our structlog set-up stays in charge
+            access_log=False,  # RequestContext logs each request with its id
+            lifespan="off",
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=15,
+            # Concurrency is bounded by RequestContext (503 in the API's format).
+        )
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="http-server")
+        while not self._server.started:
+            if self._task.done():
+                exc = self._task.exception()
+                raise RuntimeError(f"HTTP server failed to start: {exc!r}")
+            await asyncio.sleep(0.01)
+        log.info("http.listening", host=self.host, port=self.bound_port)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let requests in flight finish for up to ``timeout`` seconds."""
+        if self._server is None or self._task is None:
+            return
+        self._server.config.timeout_graceful_shutdown = timeout
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout + 5)
+        except asyncio.TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        except Exception as e:
+            log.error("http.stop_failed", error=str(e))
+        log.info("http.stopped")
