@@ -80,10 +80,45 @@ async def check_processors(settings: Settings) -> AsyncIterator[CheckResult]:
                 yield CheckResult(name, exe is not None, f"command {p.argv[0]} {'found at ' + exe if exe else 'not found'}")
 
 
+async def check_imap(settings: Settings) -> AsyncIterator[CheckResult]:
+    """Log in to every [[imap]] account; folder and message counts, or the exact error."""
+    if not settings.imap:
+        return
+    import asyncio
+
+    from gateway.ingress.imap import check_account
+
+    results = await asyncio.gather(*(check_account(a) for a in settings.imap))
+    for account, (ok, detail) in zip(settings.imap, results):
+        yield CheckResult(f"imap.{account.name}", ok, detail)
+
+
+async def check_smtp(settings: Settings) -> AsyncIterator[CheckResult]:
+    """The TLS certificate and key load (a bad pair would stop `serve` at start)."""
+    s = settings.smtp
+    if not s.enabled:
+        return
+    where = f"listens on {s.host}:{s.port} as {s.hostname}"
+    if s.tls_cert is None:
+        yield CheckResult("smtp", True, f"{where}; no tls_cert, STARTTLS not offered")
+        return
+    import ssl
+
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        yield CheckResult("smtp", False, f"cannot load tls_cert {s.tls_cert} with tls_key {s.tls_key}: {e}")
+        return
+    yield CheckResult("smtp", True, f"{where}; STARTTLS {'required' if s.require_tls else 'offered'}")
+
+
 CHECKS: list[Callable[[Settings], AsyncIterator[CheckResult]]] = [
     check_storage,
     check_database,
     check_processors,
+    check_imap,
+    check_smtp,
 ]
 
 

@@ -50,6 +50,29 @@ def build_components(rt: Runtime) -> list[Component]:
     """What `serve` runs, in start order (stopped in reverse)."""
     s = rt.settings
     components: list[Component] = []
+    # Tasks created here wake workers everywhere (LISTEN/NOTIFY on PostgreSQL),
+    # even when this instance runs no workers itself.
+    from gateway.queue import wakeup
+
+    wakeup.install(rt.ingestor, rt.engine)
+    # Workers start first and stop last: on SIGTERM the ingresses stop taking
+    # mail while tasks already claimed finish or are released.
+    if s.workers.enabled:
+        from gateway.queue.worker import WorkerPool
+
+        components.append(WorkerPool(rt))
+    if s.smtp.enabled:
+        from gateway.ingress.smtp import SMTPListener
+
+        components.append(SMTPListener(rt))
+    if s.imap:
+        from gateway.ingress.imap import IMAPPollers
+
+        components.append(IMAPPollers(rt))
+    if s.http.enabled:
+        from gateway.api.server import HTTPServer
+
+        components.append(HTTPServer(rt))
     return components
 
 

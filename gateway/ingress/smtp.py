@@ -1,0 +1,477 @@
+"""The SMTP listener: a thin aiosmtpd adapter onto ``Ingestor.ingest``.
+
+What a sending MTA sees is the design's SMTP table: 250 at RCPT only for an address
+that routes to a queue (no open relay), 250 2.0.0 after DATA only once the ingest
+transaction has committed, 451 4.3.0 for anything that may work later, 5xx for
+what never will. The pieces:
+
+* ``GatewayHandler`` — aiosmtpd handler hooks (EHLO, MAIL, RCPT, DATA,
+  exception): routing, the envelope, the mapping of ``gateway.errors`` to replies.
+* ``GatewaySMTP`` — the protocol, subclassed for what a handler cannot do:
+  connection limits (421 before the greeting), a DATA reader that refuses bare CR
+  and LF (SMTP smuggling) and enforces the size limit while reading (552 5.3.4,
+  nothing kept past the limit), and a graceful stop.
+* ``SMTPListener`` — the ``gateway serve`` component: a server on the daemon's own
+  loop (not aiosmtpd's threaded ``Controller``), per-peer counts, the ingests in
+  flight, ``stop(timeout)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from itertools import count
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import SMTP
+
+from gateway.errors import MessageTooLarge, NoRoute, PermanentError, TemporaryError
+from gateway.ingest import Envelope, IngestResult
+from gateway.observability import SMTP_REPLIES, SMTP_SESSIONS, get_logger
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = get_logger()
+
+# DATA is read in chunks of at most this many bytes (the stream reader's limit).
+# Lines of any length are accepted, as most MTAs do; only the total size counts.
+_READ_CHUNK = 64 * 1024
+# Messages larger than this are checked and un-dot-stuffed in a worker thread.
+_THREAD_FINISH_BYTES = 1024 * 1024
+# While DATA streams in, push the idle timeout forward every this many bytes: the
+# timeout is for a silent peer, not for a large message on a slow link.
+_TIMEOUT_RESET_BYTES = 256 * 1024
+
+REPLY_TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+class _Reject(Exception):
+    """A DATA problem found while reading; the reply is sent once the dot arrived."""
+
+    def __init__(self, reply: str, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+
+
+def _peer_host(peer) -> str | None:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer) if peer else None
+
+
+def _count_reply(status: str) -> None:
+    if status[3:4] != "-":  # the last line of a reply only
+        SMTP_REPLIES.labels(status[:1] + "xx").inc()
+
+
+class GatewayHandler:
+    """aiosmtpd handler hooks: the returned string is the SMTP reply."""
+
+    def __init__(self, listener: "SMTPListener") -> None:
+        self.listener = listener
+        self.ingestor = listener.rt.ingestor
+        self.settings = listener.rt.settings.smtp
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        out = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        # SIZE is advertised here and not through aiosmtpd's data_size_limit,
+        # whose checks answer 552 without the enhanced code 5.3.4; the size is
+        # enforced by handle_MAIL (SIZE=) and GatewaySMTP._read_data.
+        out.insert(1, f"250-SIZE {self.settings.max_message_size}")
+        return out
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        for opt in mail_options:
+            key, _, value = opt.partition("=")
+            if key == "SIZE" and value.isdigit() and int(value) > self.settings.max_message_size:
+                return "552 5.3.4 Message size exceeds fixed maximum message size"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        # Checked here, per recipient: an address that routes nowhere is refused
+        # before any data is sent, so the gateway is never an open relay.
+        if not self.ingestor.routes_for([address]):
+            server.log.info("smtp.rejected", code=550, reason="no route", rcpt=address)
+            return "550 5.1.1 No such mailbox here"
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        mail_from = envelope.mail_from or ""
+        env = Envelope(
+            mail_from="" if mail_from == "<>" else mail_from,
+            rcpt_to=list(envelope.rcpt_tos),
+            peer=_peer_host(session.peer),
+            helo=session.host_name,
+            tls=session.ssl is not None,
+        )
+        raw: bytes = envelope.original_content
+        slog = server.log.bind(size=len(raw), mail_from=env.mail_from)
+        try:
+            result = await self.listener.ingest(raw, env)
+        except MessageTooLarge as e:
+            slog.info("smtp.rejected", code=552, reason=str(e))
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        except NoRoute as e:
+            slog.info("smtp.rejected", code=550, reason=str(e))
+            return "550 5.1.1 No such mailbox here"
+        except PermanentError as e:
+            slog.info("smtp.rejected", code=554, reason=str(e))
+            return "554 5.6.0 Message refused"
+        except TemporaryError as e:
+            slog.warning("smtp.deferred", code=451, reason=str(e))
+            return REPLY_TEMPORARY
+        except Exception as e:
+            # Whatever it was, the sender must keep the message and retry: a 5xx
+            # here would make it bounce (mail lost), aiosmtpd's default is 500.
+            slog.exception("smtp.deferred", code=451, reason=f"{type(e).__name__}: {e}")
+            return REPLY_TEMPORARY
+        server.messages += 1
+        ids = " ".join(str(i) for i in result.upload_ids)
+        slog.info(
+            "smtp.accepted",
+            email_id=result.email_id,
+            upload_id=result.upload_ids,
+            queue=[u.queue for u in result.uploads],
+            status=result.status,
+        )
+        word = "duplicate of upload" if result.status == "duplicate" else "queued as upload"
+        return f"250 2.0.0 OK {word} {ids} (email {result.email_id})"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Safety net for an exception escaping a command: never aiosmtpd's
+        # "500 Error: (Class) text", which bounces the mail and leaks internals.
+        log.error("smtp.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+        return REPLY_TEMPORARY
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with limits, a strict DATA reader and a graceful stop."""
+
+    # The stream reader's limit: also the size of the chunks DATA is read in.
+    # Larger than aiosmtpd's 1001 so that fewer pauses of the transport happen
+    # on a fast sender; command lines are still held to 512 bytes.
+    line_length_limit = _READ_CHUNK
+
+    def __init__(self, handler: GatewayHandler, listener: "SMTPListener", **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self.messages = 0  # accepted on this connection
+        self.busy = False  # between DATA and its reply: finish it before stopping
+        self.refusal: str | None = None
+        self._peer_key: str | None = None
+        self.log = log
+        self._registered = False
+
+    # --- connection accounting --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._registered:  # not the second call made by STARTTLS
+            self._registered = True
+            peer = transport.get_extra_info("peername")
+            self.log = log.bind(peer=_peer_host(peer), session=next(self.listener.session_ids))
+            self.refusal = self.listener.admit(self, _peer_host(peer))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._registered:
+            self._registered = False
+            self.listener.release(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.refusal:
+            self.log.warning("smtp.refused", code=421, reason=self.refusal)
+            await self.push(f"421 4.7.0 {self.refusal}, try again later")
+            self.transport.close()
+            return
+        if self.listener.closing:
+            await self.push(REPLY_SHUTTING_DOWN)
+            self.transport.close()
+            return
+        self.log.info("smtp.connected")
+        await super()._handle_client()
+
+    async def push(self, status) -> None:
+        _count_reply(status if isinstance(status, str) else status.decode("ascii", "replace"))
+        await super().push(status)
+
+    def close_for_shutdown(self) -> None:
+        """Say 421 and hang up (an idle session, or a message that ran out of time)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(REPLY_SHUTTING_DOWN.encode() + b"\r\n")
+            _count_reply(REPLY_SHUTTING_DOWN)
+            self.transport.close()
+
+    # --- commands -----------------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.messages >= self.listener.settings.max_messages_per_connection:
+            self.log.warning("smtp.refused", code=421, reason="too many messages")
+            await self.push("421 4.7.0 Too many messages on one connection, reconnect")
+            self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self.busy = True
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            try:
+                content = await self._read_data()
+            except _Reject as r:
+                self.log.warning("smtp.rejected", code=int(r.reply[:3]), reason=r.reason)
+                self._set_post_data_state()
+                await self.push(r.reply)
+                return
+            if content is None:  # the peer went away mid-DATA
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            # The idle timeout must not cut a session whose message is being
+            # stored: that would turn a slow commit into a retry.
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            try:
+                status = await self._call_handler_hook("DATA")
+            finally:
+                if self.transport is not None:  # (not after connection_lost)
+                    self._reset_timeout()
+            self._set_post_data_state()
+            await self.push(status)
+        finally:
+            self.busy = False
+            if self.listener.closing:
+                self.close_for_shutdown()
+
+    async def _read_data(self) -> bytes | None:
+        """Read up to the lone dot; return the un-dot-stuffed message.
+
+        Read in chunks of up to _READ_CHUNK bytes, not line by line: the end of
+        data is ``CRLF . CRLF`` and nothing else, so the reader looks for
+        ``.CRLF`` and accepts it only when the two bytes before it are CRLF (or
+        it opens the data). A line-by-line loop cost more CPU than the rest of
+        the protocol for a 200 KB message.
+
+        Lines must end in CRLF. A bare CR or LF anywhere is refused (SMTP smuggling:
+        another server might have seen an end of data in ``<LF>.<CR><LF>`` or
+        ``<CR>.<CR>``, so what follows could be a second, forged message). The size
+        limit is checked as bytes arrive; past it nothing more is kept. Either way
+        the rest of the data is read up to the dot, so the session stays in step.
+        Returns None when the peer went away.
+        """
+        limit = self.listener.settings.max_message_size
+        reader = self._reader
+        parts: list[bytes] = []
+        size = 0
+        since_reset = 0
+        tail = b"\r\n"  # the CRLF that ended the DATA command
+        while self.transport is not None:
+            try:
+                chunk = await reader.readuntil(b".\r\n")
+                dot = True
+            except asyncio.LimitOverrunError as e:
+                # No ".CRLF" within the limit. e.consumed keeps the last two bytes
+                # buffered, so a ".CRLF" is never split between two chunks.
+                chunk = await reader.read(e.consumed)
+                dot = False
+            except asyncio.IncompleteReadError:
+                return None
+            if dot and (chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk)[-5:-3]) == b"\r\n":
+                chunk = chunk[:-3]  # the terminating ".CRLF"
+                size += len(chunk)
+                if size <= limit:
+                    parts.append(chunk)
+                break
+            size += len(chunk)
+            since_reset += len(chunk)
+            if since_reset >= _TIMEOUT_RESET_BYTES:
+                since_reset = 0
+                self._reset_timeout()
+            if size <= limit:
+                parts.append(chunk)
+            elif parts:
+                parts.clear()  # past the limit: keep nothing more
+            tail = (tail + chunk)[-2:]
+        else:
+            return None
+        if size > limit:
+            raise _too_big(limit)
+        data = b"".join(parts)
+        parts.clear()
+        if len(data) > _THREAD_FINISH_BYTES:
+            # Counting and copying tens of MB would hold the event loop.
+            return await asyncio.to_thread(_finish_data, data)
+        return _finish_data(data)
+
+
+def _finish_data(data: bytes) -> bytes:
+    """Refuse bare CR/LF; undo dot-stuffing (RFC 5321 4.5.2)."""
+    crlf = data.count(b"\r\n")
+    # Every CR and every LF belongs to a CRLF pair, or one of them is bare.
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        raise _bare()
+    if b"\r\n." not in data and not data.startswith(b"."):
+        return data
+    return (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
+
+
+def _bare() -> _Reject:
+    return _Reject(
+        "554 5.6.0 Message refused: bare CR or LF in data (lines must end in CRLF)",
+        "bare CR or LF in data",
+    )
+
+
+def _too_big(limit: int) -> _Reject:
+    return _Reject(
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+        f"message larger than {limit} bytes",
+    )
+
+
+class SMTPListener:
+    """The `gateway serve` component "smtp"."""
+
+    name = "smtp"
+
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+        self.settings = rt.settings.smtp
+        self.handler = GatewayHandler(self)
+        self.sessions: set[GatewaySMTP] = set()
+        self.per_peer: Counter[str | None] = Counter()
+        self.inflight: set[asyncio.Task] = set()
+        self.closing = False
+        self.session_ids = count(1)
+        self.server: asyncio.base_events.Server | None = None
+        self._port: int | None = None
+        self.tls_context = self._tls_context()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if s.tls_cert is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+        return ctx
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (the config may say 0)."""
+        assert self._port is not None, "not started"
+        return self._port
+
+    def _protocol(self) -> GatewaySMTP:
+        s = self.settings
+        return GatewaySMTP(
+            self.handler,
+            self,
+            data_size_limit=None,
+            enable_SMTPUTF8=True,
+            hostname=s.hostname,
+            ident="gateway ESMTP",
+            tls_context=self.tls_context,
+            require_starttls=s.require_tls,
+            timeout=s.timeout,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.closing = False
+        self.server = await loop.create_server(
+            self._protocol, host=self.settings.host, port=self.settings.port, reuse_address=True
+        )
+        self._port = self.server.sockets[0].getsockname()[1]
+        log.info("smtp.listening", host=self.settings.host, port=self.port, tls=self.tls_context is not None)
+
+    # --- sessions -------------------------------------------------------------------
+
+    def admit(self, session: GatewaySMTP, peer: str | None) -> str | None:
+        """Count a new connection; the reason to refuse it, or None."""
+        self.sessions.add(session)
+        self.per_peer[peer] += 1
+        session._peer_key = peer
+        SMTP_SESSIONS.set(len(self.sessions))
+        if len(self.sessions) > self.settings.max_connections:
+            return "Too many connections"
+        if self.per_peer[peer] > self.settings.max_connections_per_peer:
+            return "Too many connections from your address"
+        return None
+
+    def release(self, session: GatewaySMTP) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            peer = session._peer_key
+            self.per_peer[peer] -= 1
+            if self.per_peer[peer] <= 0:
+                del self.per_peer[peer]
+            SMTP_SESSIONS.set(len(self.sessions))
+            if not session.refusal:
+                session.log.info("smtp.disconnected", messages=session.messages)
+
+    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        """Run one ingest shielded from the session: a peer hanging up mid-commit
+        must not cancel a transaction half-way (it is finished, and a retry is
+        deduplicated); stop() waits for these before the engine is closed."""
+        task = asyncio.ensure_future(self.rt.ingestor.ingest(raw, "smtp", envelope))
+        self.inflight.add(task)
+        task.add_done_callback(self._ingest_done)
+        return await asyncio.shield(task)
+
+    def _ingest_done(self, task: asyncio.Task) -> None:
+        self.inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the session (if still there) reported it
+
+    # --- stopping -------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting; let messages in flight finish within ``timeout``; 421 the rest."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        for s in list(self.sessions):
+            if not s.busy:
+                s.close_for_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(s.busy for s in self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions):
+            s.close_for_shutdown()
+        if self.inflight:
+            # Commits started before the deadline are let finish (bounded again),
+            # so the engine is never disposed under a transaction.
+            _, pending = await asyncio.wait(set(self.inflight), timeout=max(deadline - loop.time(), 5.0))
+            for t in pending:
+                t.cancel()
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+        log.info("smtp.stopped")
