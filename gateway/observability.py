@@ -54,8 +54,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
 def get_logger(**bind):
     # A lazy proxy: binding at import time would freeze the default (stdout)
     # configuration before configure_logging() runs.
-    log = structlog.get_logger("gateway")
-    return log.new(**bind) if bind else log
+    return structlog.get_logger("gateway", **bind)
 
 
 # --- metrics (Prometheus); names are part of the /metrics contract ---------------

@@ -54,6 +54,18 @@ def pytest_configure(config):
     _pg_skip_reason = _pg_reachable()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    """Each test starts from structlog's defaults: a level filter or renderer set by
+    an earlier test in the same worker (configure_logging) must not hide lines
+    from a later test's capture_logs()."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     """A fresh, empty database of each backend."""
