@@ -83,6 +83,8 @@ class HTTPSettings(_Section):
     rate_limit_per_minute: int = Field(600, ge=1)
     # /healthz and /metrics need no key unless this is true.
     protect_health_and_metrics: bool = False
+    # On SIGTERM, seconds for requests in flight (uploads) to finish.
+    shutdown_timeout: float = Field(30, ge=0)
 
     @field_validator("base_url")
     @classmethod

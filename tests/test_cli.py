@@ -148,3 +148,33 @@ def test_db_upgrade_and_check(cfg):
     results = [json.loads(x) for x in p.stdout.splitlines()]
     assert {r["name"] for r in results} >= {"config", "storage", "database", "migrations"}
     assert all(r["ok"] for r in results)
+
+
+def test_check_lists_every_problem_and_exits_1(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("storage cannot live under a file")
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text(
+        f"""
+[storage]
+database_url = "postgresql+asyncpg://nobody@127.0.0.1:1/nothing"
+root = "{blocker}/storage"
+
+[[organizations]]
+name = "acme"
+
+[[queues]]
+name = "invoices"
+organization = "acme"
+addresses = ["invoices@ap.example.com"]
+
+[[queues.processors]]
+type = "command"
+argv = ["/no/such/program", "{{path}}"]
+"""
+    )
+    p = gw(cfg, "check", check_rc=1)
+    failed = [line for line in p.stdout.splitlines() if line.startswith("FAIL")]
+    names = {line.split()[1].rstrip(":") for line in failed}
+    assert {"storage", "database", "queues.invoices.processors.0"} <= names, p.stdout
+    assert "3 problem(s)" in p.stderr
