@@ -84,3 +84,28 @@ def test_gateway_config_env_var(tmp_path, monkeypatch):
     p = write(tmp_path, "[smtp]\nport = 2600\n")
     monkeypatch.setenv("GATEWAY_CONFIG", str(p))
     assert load_settings().smtp.port == 2600
+
+
+def test_every_option_is_in_the_example_with_a_comment():
+    """config.example.toml documents every key the settings accept."""
+    import re
+
+    from gateway import config as c
+
+    text = (ROOT / "config.example.toml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    sections = {
+        c.StorageSettings: "storage", c.SMTPSettings: "smtp", c.HTTPSettings: "http",
+        c.WorkerSettings: "workers", c.LoggingSettings: "logging", c.QueueSettings: "queues",
+        c.IMAPSettings: "imap", c.WebhookProcessor: "processors", c.CommandProcessor: "processors",
+        c.FolderProcessor: "processors",
+    }
+    missing = []
+    for model, section in sections.items():
+        for name in model.model_fields:
+            if section == "queues" and name == "processors":
+                continue
+            # A key line (`name = ...`, possibly commented out), or a mention in a comment.
+            if not (re.search(rf"(?m)^#?\s*{name}\s*=", text) or re.search(rf"\b{name}\b", comments)):
+                missing.append(f"{section}.{name}")
+    assert not missing, missing
