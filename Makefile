@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 run: venv
@@ -24,6 +24,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/smtp_ingest.py
+	$(BIN)/python bench/queue.py
 
 clean:
 	rm -rf $(VENV) var
