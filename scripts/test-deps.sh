@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # System packages the test suite needs that a fresh machine may lack. Dovecot and
-# Postfix are installed by ../shared/tools on first use; PostgreSQL is used where
-# it answers on 127.0.0.1:5432 (the tests say so when it does not).
+# Postfix are installed here, once and serially, although ../shared/tools would
+# install them on first use: parallel test workers doing that at the same moment
+# fight over apt's lock. PostgreSQL is used where it answers on 127.0.0.1:5432
+# (the tests say so when it does not).
 set -euo pipefail
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+PATH="$PATH:/usr/sbin:/sbin"
+command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd)
+command -v postfix >/dev/null 2>&1 || need+=(postfix)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test dependencies: ${need[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    }
   else
     echo "warning: missing ${need[*]} (not root or no apt-get); the tests that need them are skipped" >&2
   fi
