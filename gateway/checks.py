@@ -7,7 +7,7 @@ non-zero if any failed, so an operator sees every problem at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable
 
 from gateway.config import Settings
 from gateway.errors import GatewayError

@@ -20,14 +20,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable, Iterable, Literal, TypeVar
 
-from sqlalchemy import bindparam, create_engine, event, func, insert, select
+from sqlalchemy import bindparam, create_engine, func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import parse
-from gateway.errors import DatabaseUnavailable, MessageTooLarge, NoRoute, PermanentError
+from gateway.errors import MessageTooLarge, NoRoute, PermanentError
 from gateway.observability import (
     INGEST_SECONDS,
     MESSAGES_RECEIVED,
@@ -38,7 +38,7 @@ from gateway.queue.states import TaskStatus
 from gateway.routing import Route, Router
 from gateway.storage import models as m
 from gateway.storage.blobs import LocalBlobStore
-from gateway.storage.db import _short, is_sqlite, transaction
+from gateway.storage.db import as_database_error, install_sqlite_setup, is_sqlite, sqlite_path, transaction
 
 log = get_logger()
 
@@ -74,44 +74,19 @@ _INSERT_TASK_EVENTS = insert(_task_events)
 _MAX_GROUP = 32
 
 
-def _database_error(e: Exception) -> Exception:
-    """The rule of storage.db.transaction: driver-level outages are temporary
-    (DatabaseUnavailable); integrity errors and the like stay what they are."""
-    if isinstance(e, (OperationalError, DBAPIError, OSError)):
-        if isinstance(e, DBAPIError) and not isinstance(e, OperationalError) and not e.connection_invalidated:
-            return e
-        err = DatabaseUnavailable(f"database unavailable: {_short(e)}")
-        err.__cause__ = e
-        return err
-    return e
-
-
 def _sqlite_sync_engine(storage):
     """A synchronous engine on the same SQLite file, for the write path only.
 
-    The same pragmas and BEGIN IMMEDIATE as storage.db.create_engine. NullPool:
-    a connection per transaction (opening one costs far less than a commit), so
-    nothing is left open when the runtime is closed.
+    The same set-up as storage.db.create_engine. NullPool: a connection per
+    transaction (opening one costs far less than a commit), so nothing is left
+    open when the runtime is closed.
     """
-    path = storage.database_url.partition(":///")[2]
     engine = create_engine(
-        f"sqlite:///{path}", poolclass=NullPool, connect_args={"timeout": 30, "check_same_thread": False}
+        f"sqlite:///{sqlite_path(storage.database_url)}",
+        poolclass=NullPool,
+        connect_args={"timeout": 30, "check_same_thread": False},
     )
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={storage.sqlite_synchronous.upper()}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+    install_sqlite_setup(engine, storage.sqlite_synchronous)
     return engine
 
 
@@ -308,9 +283,9 @@ class Ingestor:
                         out.append((True, value))
                     except Exception as e:
                         savepoint.rollback()
-                        out.append((False, _database_error(e)))
+                        out.append((False, as_database_error(e)))
         except (OperationalError, DBAPIError, OSError) as e:
-            raise _database_error(e) from e
+            raise as_database_error(e) from e
         return out
 
     # --- mail -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -37,35 +37,60 @@ def is_sqlite(url_or_engine) -> bool:
     return url.startswith("sqlite")
 
 
+def install_sqlite_setup(sync_engine, sqlite_synchronous: str) -> None:
+    """WAL, the durability level, foreign keys, a busy timeout, and BEGIN IMMEDIATE
+    for every transaction (see the module doc), on any SQLite engine."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        # Let the begin event below issue BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sqlite_path(url: str) -> str:
+    return url.partition(":///")[2]
+
+
 def create_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 10) -> AsyncEngine:
     if is_sqlite(url):
-        path = url.partition(":///")[2]
+        path = sqlite_path(url)
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        sync = engine.sync_engine
-
-        @event.listens_for(sync, "connect")
-        def _pragmas(dbapi_conn, _record):
-            # Let SQLAlchemy's begin event issue BEGIN itself (see module doc).
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(sync, "begin")
-        def _begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        install_sqlite_setup(engine.sync_engine, sqlite_synchronous)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def as_database_error(e: BaseException) -> BaseException:
+    """Driver-level outages become DatabaseUnavailable (temporary: the sender
+    retries); integrity errors and the like are the caller's business and stay
+    what they are."""
+    if not isinstance(e, (OperationalError, DBAPIError, OSError, ConnectionError)):
+        return e
+    if (
+        isinstance(e, DBAPIError)
+        and not isinstance(e, (OperationalError, InterfaceError))
+        and not e.connection_invalidated
+    ):
+        return e
+    err = DatabaseUnavailable(f"database unavailable: {_short(e)}")
+    err.__cause__ = e
+    return err
 
 
 @asynccontextmanager
@@ -77,11 +102,10 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
             async with session.begin():
                 yield session
     except (OperationalError, DBAPIError, OSError, ConnectionError) as e:
-        if isinstance(e, DBAPIError) and not isinstance(e, OperationalError) and not e.connection_invalidated:
-            # Integrity errors and the like are the caller's business.
-            if type(e).__name__ != "InterfaceError":
-                raise
-        raise DatabaseUnavailable(f"database unavailable: {_short(e)}") from e
+        err = as_database_error(e)
+        if err is e:
+            raise
+        raise err from e
 
 
 def _short(e: BaseException) -> str:
