@@ -29,8 +29,33 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class BlobStore(Protocol):
     """The seam for an object store later: local disk today."""
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create the shard folders; a folder created here has its entry in its
+        parent fsynced too, or a power loss could take the new folder, and every
+        blob already committed under it, with it."""
+        if folder.is_dir():
+            return
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:  # another writer made it: it fsyncs it too
+                pass
+            _fsync_dir(new.parent)
 
     async def put(self, data: bytes, sha256: str | None = None) -> str: ...
     async def get(self, sha256: str) -> bytes: ...
@@ -64,7 +89,7 @@ class LocalBlobStore:
         if final.exists():
             return digest
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(final.parent)
             self._tmp.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
             try:
@@ -79,14 +104,27 @@ class LocalBlobStore:
                 except FileNotFoundError:
                     pass
                 raise
-            dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(final.parent)
         except OSError as e:
             raise StorageUnavailable(f"cannot write blob: {e.strerror or e}") from e
         return digest
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create the shard folders; a folder created here has its entry in its
+        parent fsynced too, or a power loss could take the new folder, and every
+        blob already committed under it, with it."""
+        if folder.is_dir():
+            return
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:  # another writer made it: it fsyncs it too
+                pass
+            _fsync_dir(new.parent)
 
     async def put(self, data: bytes, sha256: str | None = None) -> str:
         return await asyncio.to_thread(self._put_sync, data, sha256)

@@ -62,3 +62,31 @@ async def test_concurrent_checks_do_not_race(tmp_path):
 
     store = LocalBlobStore(tmp_path / "root")
     await asyncio.gather(*(store.check() for _ in range(200)))
+
+
+def test_new_shard_folders_are_fsynced_in_their_parents(tmp_path, monkeypatch):
+    """A blob's rename is made durable by fsyncing its folder; a folder the
+    write created must itself be made durable in its parent, up to the root."""
+    import itertools
+
+    import gateway.storage.blobs as blobs
+
+    synced = []
+    real = blobs._fsync_dir
+    monkeypatch.setattr(blobs, "_fsync_dir", lambda folder: (synced.append(folder), real(folder)))
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    h = store.put_sync(b"first")
+    leaf = store.open_path(h).parent
+    # blobs/ in the root, ab/ in blobs/, cd/ in ab/, then the blob's own entry in cd/.
+    assert synced == [store.root, store.root / "blobs", leaf.parent, leaf]
+
+    synced.clear()
+    store.put_sync(b"first")  # already there: nothing written, nothing synced
+    assert synced == []
+
+    # Same first folder, new second one: only the new folder and the blob.
+    data = next(d for d in (str(i).encode() for i in itertools.count())
+                if sha256_hex(d)[:2] == h[:2] and sha256_hex(d)[2:4] != h[2:4])
+    new_leaf = store.open_path(store.put_sync(data)).parent
+    assert synced == [leaf.parent, new_leaf]
