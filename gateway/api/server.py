@@ -10,14 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.api.app import create_app
 from gateway.observability import get_logger
 
 log = get_logger()
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with the API's error format for requests it
+    rejects before the app sees them (a malformed request line or header):
+    uvicorn answers those itself, in plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"detail": msg, "code": "bad_request"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
+            self.transport.write(self.conn.send(h11.Data(data=body)))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:  # h11 cannot answer in this state: close, as uvicorn does
+            pass
+        self.transport.close()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -67,6 +91,7 @@ class HTTPServer:
             server_header=False,
             proxy_headers=False,
             timeout_keep_alive=15,
+            http=_Protocol,
             # Concurrency is bounded by RequestContext (503 in the API's format).
         )
         self._server = _EmbeddedServer(config)

@@ -211,3 +211,31 @@ async def test_database_outage_is_503_error_not_a_crash(db_url, api):
         await dead.dispose()
     async with api.client() as c:
         assert (await c.get("/api/v1/uploads")).status_code == 200
+
+
+async def test_malformed_http_is_answered_in_the_api_error_format(db_url, api):
+    """Requests uvicorn rejects before the app sees them still get {detail, code}."""
+    import asyncio
+    import json
+
+    for request in (
+        b"GET /api/v1/uploads HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n",
+        b"NOT AN HTTP REQUEST LINE\r\n\r\n",
+        b"GET /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.server.bound_port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), raw
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)
+        assert error["code"] == "bad_request" and error["detail"], error
+
+    # The server goes on answering after them.
+    async with api.client() as c:
+        assert (await c.get("/api/v1/uploads")).status_code == 200
