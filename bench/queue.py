@@ -8,10 +8,11 @@ What it measures, per backend:
   upload through ``Ingestor.ingest_files``) and the time from the commit (the
   first ``on_tasks_created`` callback, which runs right after it) to the moment the
   processor starts is recorded; the next task is committed once the previous one
-  started, so the queue is idle each time. On PostgreSQL it is measured twice:
-  committed in the workers' own process (in-process wake-up) and committed by a
-  second runtime with its own engine (the workers hear of it only through
-  LISTEN/NOTIFY, as with two instances).
+  started, so the queue is idle each time. It is measured twice: committed in
+  the workers' own process (in-process wake-up) and committed by a second
+  runtime with its own engine (the workers hear of it only through LISTEN/NOTIFY
+  on PostgreSQL, or the PRAGMA data_version watch on SQLite, as with another
+  process: a second instance, `gateway replay`, `gateway tasks retry`).
 - throughput: a backlog of ``--tasks`` tasks is committed with the workers
   stopped, then the pool starts and the time until every task is ``completed``
   in the database gives tasks/s. The processor is a no-op registered in-process
@@ -161,12 +162,12 @@ async def bench_backend(name: str, db_url: str, args) -> list[dict]:
         async with open_runtime(settings, migrate=True) as rt:
             lat = await latency(rt, rt, args.samples)
             rows.append({"backend": name, "wake": "in-process", **summary(lat)})
-            if name == "postgresql":
-                # A second "instance": its own engine and ingestor; only NOTIFY reaches the pool.
-                async with open_runtime(settings, migrate=False) as other:
-                    wakeup.install(other.ingestor, other.engine)
-                    lat = await latency(rt, other, args.samples)
-                rows.append({"backend": name, "wake": "LISTEN/NOTIFY", **summary(lat)})
+            # A second "instance": its own engine and ingestor; only NOTIFY
+            # (PostgreSQL) or the data_version watch (SQLite) reaches the pool.
+            async with open_runtime(settings, migrate=False) as other:
+                wakeup.install(other.ingestor, other.engine)
+                lat = await latency(rt, other, args.samples)
+            rows.append({"backend": name, "wake": "LISTEN/NOTIFY" if name == "postgresql" else "data_version", **summary(lat)})
             done, elapsed = await throughput(rt, args.tasks)
             for r in rows:
                 r.update({"tasks": done, "seconds": round(elapsed, 2), "tasks_per_s": round(done / elapsed, 1)})

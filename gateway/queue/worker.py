@@ -17,9 +17,11 @@ One ``WorkerPool`` per process (the ``workers`` component of ``gateway serve``):
   instance's sweeper then puts the task back to ``queued`` (or ``failed`` once its
   attempts are used up, so a document that kills its worker cannot loop forever).
 - it wakes within milliseconds of new work: an in-process listener (ingest and
-  steering of this process) and, on PostgreSQL, a dedicated LISTEN connection;
-  ``poll_seconds`` is only the fallback, and the dispatcher also wakes when the
-  earliest backoff is due.
+  steering of this process) and, from other processes (`gateway replay`,
+  `gateway tasks retry`, a second instance), a dedicated LISTEN connection on
+  PostgreSQL or a watch of SQLite's ``PRAGMA data_version`` (see
+  ``_sqlite_watch_loop``); ``poll_seconds`` is only the fallback, and the
+  dispatcher also wakes when the earliest backoff is due.
 - graceful stop: no new claims; tasks in flight get ``timeout`` seconds to finish,
   then are cancelled and released back to ``queued`` (never left ``processing``).
 
@@ -37,6 +39,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -53,11 +56,15 @@ from gateway.queue.retry import RetryStrategy
 from gateway.queue.states import TaskStatus, UploadStatus
 from gateway.queue.steer import transition
 from gateway.storage import models as m
-from gateway.storage.db import is_sqlite, transaction
+from gateway.storage.db import is_sqlite, sqlite_path, transaction
 
 log = get_logger()
 
 T = TaskStatus
+
+# How often the SQLite watch looks for another process's commit: the pick-up
+# delay for work committed elsewhere (one cheap PRAGMA per look).
+SQLITE_WATCH_SECONDS = 0.1
 # How many expired leases one sweep handles (the next sweep takes the rest).
 SWEEP_BATCH = 200
 
@@ -252,6 +259,8 @@ class WorkerPool:
                 await asyncio.wait_for(self._listening.wait(), 5)
             except asyncio.TimeoutError:
                 self.log.warning("queue.listen_unavailable", detail="polling only until LISTEN connects")
+        elif sqlite_path(str(self.rt.engine.url)) not in ("", ":memory:"):
+            self._background.append(asyncio.create_task(self._sqlite_watch_loop(), name="workers-watch"))
         self._background.append(asyncio.create_task(self._sweep_loop(), name="workers-sweep"))
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="workers-dispatch")
         self.log.info("queue.started", concurrency=self.cfg.concurrency, queues=sorted(self._queue_ids.values()))
@@ -506,6 +515,39 @@ class WorkerPool:
             except Exception as e:
                 self.log.warning("queue.sweep_failed", error=str(e))
             await asyncio.sleep(self.sweep_seconds)
+
+    async def _sqlite_watch_loop(self) -> None:
+        """Wake the dispatcher when another connection committed to the SQLite file.
+
+        SQLite has no LISTEN/NOTIFY. ``PRAGMA data_version`` on a connection held
+        open changes whenever any other connection, in this process or another,
+        commits: our own claims and finishes too, which costs an extra claim that
+        finds nothing. Reading it takes microseconds, but it is a file lock and a
+        read, so it runs in a thread like every other database call.
+        """
+        path = sqlite_path(str(self.rt.engine.url))
+        conn: sqlite3.Connection | None = None
+        last = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = await asyncio.to_thread(
+                            sqlite3.connect, path, timeout=5, check_same_thread=False, isolation_level=None
+                        )
+                    version = await asyncio.to_thread(lambda: conn.execute("PRAGMA data_version").fetchone()[0])
+                    if last is not None and version != last:
+                        self._wake.set()
+                    last = version
+                except sqlite3.Error as e:  # the poll still runs; reopen next time
+                    self.log.warning("queue.watch_failed", error=str(e))
+                    if conn is not None:
+                        conn.close()
+                    conn, last = None, None
+                await asyncio.sleep(SQLITE_WATCH_SECONDS)
+        finally:
+            if conn is not None:
+                conn.close()
 
     async def _listen_loop(self) -> None:
         """A dedicated asyncpg connection LISTENing for new work; reconnects."""

@@ -384,3 +384,30 @@ async def test_stop_during_a_claim_hands_the_claimed_tasks_back(queue_runtime, m
         assert [t.status for t in tasks] == ["queued", "queued"] and rec.runs == []
         assert all(t.attempts == 0 for t in tasks)
         assert (await events(rt, ids[0]))[-1].reason == "released: worker stopping"
+
+
+async def test_sqlite_work_committed_by_another_process_is_picked_up_without_the_poll(sqlite_url, make_settings):
+    """`gateway replay` or `gateway tasks retry` in another process, a running
+    daemon on the same SQLite file: no in-process wake-up reaches the workers;
+    the data_version watch must, long before the 60 s poll."""
+    import time
+
+    from gateway.runtime import open_runtime
+
+    from .conftest import Recorder
+
+    workers = {"enabled": True, "poll_seconds": 60, "backoff_seconds": 0.05, "lease_seconds": 30}
+    settings = make_settings(sqlite_url, workers=workers)
+    async with open_runtime(settings, migrate=True) as daemon, open_runtime(settings) as other:
+        assert daemon.engine is not other.engine
+        rec = Recorder()
+        pool = WorkerPool(daemon, processors={"invoices": [rec]})
+        await pool.start()
+        try:
+            await asyncio.sleep(0.5)  # idle: the dispatcher waits for the 60 s poll
+            started = time.monotonic()
+            [tid] = await add_tasks(other, "from-elsewhere.pdf")
+            await wait_status(daemon, tid, "completed", timeout=5)
+            assert time.monotonic() - started < 2
+        finally:
+            await pool.stop(5)
