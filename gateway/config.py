@@ -59,6 +59,9 @@ class SMTPSettings(_Section):
     max_connections_per_peer: int = Field(20, ge=1)
     max_messages_per_connection: int = Field(1000, ge=1)
     max_recipients: int = Field(100, ge=1)
+    # Bytes of message data all sessions together may hold in memory (received
+    # or being stored); None: max(256 MiB, max_message_size).
+    max_buffered_bytes: int | None = Field(None, ge=1024)
     # Seconds a session may sit idle between commands.
     timeout: float = Field(300, gt=0)
     # On SIGTERM, seconds to let messages in flight finish before 421.
@@ -70,7 +73,13 @@ class SMTPSettings(_Section):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.require_tls and self.tls_cert is None:
             raise ValueError("require_tls needs tls_cert and tls_key")
+        if self.max_buffered_bytes is not None and self.max_buffered_bytes < self.max_message_size:
+            raise ValueError("max_buffered_bytes must be at least max_message_size")
         return self
+
+    @property
+    def buffer_budget(self) -> int:
+        return self.max_buffered_bytes or max(256 * 1024 * 1024, self.max_message_size)
 
 
 class HTTPSettings(_Section):

@@ -69,6 +69,9 @@ INGEST_SECONDS = Histogram(
     "gateway_ingest_seconds", "Time from raw bytes to committed rows", ["source"]
 )
 SMTP_SESSIONS = Gauge("gateway_smtp_sessions", "Open SMTP sessions")
+SMTP_BUFFERED_BYTES = Gauge(
+    "gateway_smtp_buffered_bytes", "Message bytes SMTP sessions hold in memory (received or being stored)"
+)
 SMTP_REPLIES = Counter("gateway_smtp_replies_total", "SMTP replies by code class", ["code"])
 TASK_TRANSITIONS = Counter(
     "gateway_task_transitions_total", "Task state changes", ["to_status"]

@@ -10,7 +10,8 @@ what never will. The pieces:
 * ``GatewaySMTP`` — the protocol, subclassed for what a handler cannot do:
   connection limits (421 before the greeting), a DATA reader that refuses bare CR
   and LF (SMTP smuggling) and enforces the size limit while reading (552 5.3.4,
-  nothing kept past the limit), and a graceful stop.
+  nothing kept past the limit) and the memory budget shared by all sessions
+  (452 4.3.1, the sender retries), and a graceful stop.
 * ``SMTPListener`` — the ``gateway serve`` component: a server on the daemon's own
   loop (not aiosmtpd's threaded ``Controller``), per-peer counts, the ingests in
   flight, ``stop(timeout)``.
@@ -30,7 +31,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.errors import MessageTooLarge, NoRoute, PermanentError, TemporaryError
 from gateway.ingest import Envelope, IngestResult
-from gateway.observability import SMTP_REPLIES, SMTP_SESSIONS, get_logger
+from gateway.observability import SMTP_BUFFERED_BYTES, SMTP_REPLIES, SMTP_SESSIONS, get_logger
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -47,6 +48,7 @@ _THREAD_FINISH_BYTES = 1024 * 1024
 _TIMEOUT_RESET_BYTES = 256 * 1024
 
 REPLY_TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+REPLY_MEMORY_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
 
@@ -130,7 +132,7 @@ class GatewayHandler:
         raw: bytes = envelope.original_content
         slog = server.log.bind(size=len(raw), mail_from=env.mail_from)
         try:
-            result = await self.listener.ingest(raw, env)
+            result = await self.listener.ingest(raw, env, held=server.take_held())
         except MessageTooLarge as e:
             slog.info("smtp.rejected", code=552, reason=str(e))
             return "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -184,6 +186,7 @@ class GatewaySMTP(SMTP):
         self._peer_key: str | None = None
         self.log = log
         self._registered = False
+        self._held = 0  # bytes of the memory budget this session holds
 
     # --- connection accounting --------------------------------------------------
 
@@ -292,8 +295,13 @@ class GatewaySMTP(SMTP):
             await self.push(status)
         finally:
             self.busy = False
+            self.listener.unreserve(self.take_held())  # unless the ingest took them
             if self.listener.closing:
                 self.close_for_shutdown()
+
+    def take_held(self) -> int:
+        held, self._held = self._held, 0
+        return held
 
     async def _read_data(self) -> bytes | None:
         """Read up to the lone dot; return the un-dot-stuffed message.
@@ -309,11 +317,16 @@ class GatewaySMTP(SMTP):
         ``<CR>.<CR>``, so what follows could be a second, forged message). The size
         limit is checked as bytes arrive; past it nothing more is kept. Either way
         the rest of the data is read up to the dot, so the session stays in step.
+        Every byte kept is reserved from the listener's memory budget first; when
+        the budget is spent, nothing more is kept and the message gets 452 4.3.1
+        (temporary: the sender retries once others are stored).
         Returns None when the peer went away.
         """
         limit = self.listener.settings.max_message_size
+        listener = self.listener
         reader = self._reader
         parts: list[bytes] = []
+        over_budget = False
         size = 0
         since_reset = 0
         tail = b"\r\n"  # the CRLF that ended the DATA command
@@ -328,26 +341,32 @@ class GatewaySMTP(SMTP):
                 dot = False
             except asyncio.IncompleteReadError:
                 return None
-            if dot and (chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk)[-5:-3]) == b"\r\n":
+            last = dot and (chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk)[-5:-3]) == b"\r\n"
+            if last:
                 chunk = chunk[:-3]  # the terminating ".CRLF"
-                size += len(chunk)
-                if size <= limit:
-                    parts.append(chunk)
-                break
             size += len(chunk)
+            if size <= limit and not over_budget:
+                if listener.reserve(len(chunk)):
+                    self._held += len(chunk)
+                    parts.append(chunk)
+                else:
+                    over_budget = True
+            if (size > limit or over_budget) and parts:
+                parts.clear()  # keep nothing more
+                listener.unreserve(self.take_held())
+            if last:
+                break
             since_reset += len(chunk)
             if since_reset >= _TIMEOUT_RESET_BYTES:
                 since_reset = 0
                 self._reset_timeout()
-            if size <= limit:
-                parts.append(chunk)
-            elif parts:
-                parts.clear()  # past the limit: keep nothing more
             tail = (tail + chunk)[-2:]
         else:
             return None
         if size > limit:
             raise _too_big(limit)
+        if over_budget:
+            raise _Reject(REPLY_MEMORY_FULL, f"memory budget of {listener.budget} bytes in use by other messages")
         data = b"".join(parts)
         parts.clear()
         if len(data) > _THREAD_FINISH_BYTES:
@@ -395,6 +414,9 @@ class SMTPListener:
         self.inflight: set[asyncio.Task] = set()
         self.closing = False
         self.session_ids = count(1)
+        # Message bytes held by all sessions (and their ingests) at once.
+        self.budget = self.settings.buffer_budget
+        self.buffered = 0
         self.server: asyncio.base_events.Server | None = None
         self._port: int | None = None
         self.tls_context = self._tls_context()
@@ -463,16 +485,31 @@ class SMTPListener:
             if not session.refusal:
                 session.log.info("smtp.disconnected", messages=session.messages)
 
-    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+    def reserve(self, n: int) -> bool:
+        if self.buffered + n > self.budget:
+            return False
+        self.buffered += n
+        SMTP_BUFFERED_BYTES.set(self.buffered)
+        return True
+
+    def unreserve(self, n: int) -> None:
+        if n:
+            self.buffered -= n
+            SMTP_BUFFERED_BYTES.set(self.buffered)
+
+    async def ingest(self, raw: bytes, envelope: Envelope, *, held: int = 0) -> IngestResult:
         """Run one ingest shielded from the session: a peer hanging up mid-commit
         must not cancel a transaction half-way (it is finished, and a retry is
-        deduplicated); stop() waits for these before the engine is closed."""
+        deduplicated); stop() waits for these before the engine is closed. The
+        ``held`` bytes of the memory budget are given back when it ends, not
+        when the session does."""
         task = asyncio.ensure_future(self.rt.ingestor.ingest(raw, "smtp", envelope))
         self.inflight.add(task)
-        task.add_done_callback(self._ingest_done)
+        task.add_done_callback(lambda t: self._ingest_done(t, held))
         return await asyncio.shield(task)
 
-    def _ingest_done(self, task: asyncio.Task) -> None:
+    def _ingest_done(self, task: asyncio.Task, held: int) -> None:
+        self.unreserve(held)
         self.inflight.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: the session (if still there) reported it

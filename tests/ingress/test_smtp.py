@@ -524,3 +524,60 @@ async def test_recipient_limit_and_empty_data(start_gateway):
     assert code in (250, 554), text
     assert (await c.cmd("NOOP"))[0] == 250
     assert (await c.cmd("QUIT"))[0] == 221
+
+
+async def _wait_buffered(listener, at_least: int, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while listener.buffered < at_least:
+        assert loop.time() < deadline, f"server holds {listener.buffered} bytes, expected {at_least}"
+        await asyncio.sleep(0.01)
+
+
+async def test_memory_budget_is_shared_by_sessions_and_answered_with_452(start_gateway):
+    """All sessions together hold at most max_buffered_bytes of message data; the
+    message that would go past it gets a temporary 452 4.3.1, the budget comes
+    back when messages are stored or their sessions drop, and the retry lands."""
+    gw = await start_gateway(max_message_size=100_000, max_buffered_bytes=150_000)
+    half = (b"z" * 998 + b"\r\n") * 80  # 80 KB: two of these do not fit at once
+
+    async def open_data(c):
+        assert (await c.cmd("MAIL FROM:<a@sender.example>"))[0] == 250
+        assert (await c.cmd(f"RCPT TO:<{INVOICES}>"))[0] == 250
+        assert (await c.cmd("DATA"))[0] == 354
+
+    a = await raw_session(gw.port)
+    await open_data(a)
+    await a.send(make_mail(msgid="<held@x>", pdf=None).replace(b"\r\n\r\n", b"\r\n\r\n" + half, 1))
+    await _wait_buffered(gw.listener, 79_000)  # A's data is in (but the last bytes, which could start the dot), its dot is not
+
+    b = await raw_session(gw.port)
+    await open_data(b)
+    code, text = await b.cmd(make_mail(msgid="<second@x>", pdf=None).replace(b"\r\n\r\n", b"\r\n\r\n" + half, 1) + b".\r\n")
+    assert code == 452 and "4.3.1" in text, text
+    # A small message still fits beside A's.
+    await open_data(b)
+    code, text = await b.cmd(make_mail(msgid="<small@x>", pdf=None) + b".\r\n")
+    assert code == 250, text
+
+    code, text = await a.cmd(b".\r\n")  # A finishes: stored, its bytes given back
+    assert code == 250, text
+    assert gw.listener.buffered == 0
+    await open_data(b)  # the sender's retry
+    code, text = await b.cmd(make_mail(msgid="<second@x>", pdf=None).replace(b"\r\n\r\n", b"\r\n\r\n" + half, 1) + b".\r\n")
+    assert code == 250, text
+
+    # A session that drops mid-DATA gives its bytes back too.
+    c = await raw_session(gw.port)
+    await open_data(c)
+    await c.send(half)
+    await _wait_buffered(gw.listener, 79_000)
+    c.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while gw.listener.buffered:
+        assert loop.time() < deadline, gw.listener.buffered
+        await asyncio.sleep(0.01)
+    assert await gw.count(m.Email) == 3
+    a.close()
+    b.close()
