@@ -40,23 +40,6 @@ def _fsync_dir(folder: Path) -> None:
 class BlobStore(Protocol):
     """The seam for an object store later: local disk today."""
 
-    def _make_dirs(self, folder: Path) -> None:
-        """Create the shard folders; a folder created here has its entry in its
-        parent fsynced too, or a power loss could take the new folder, and every
-        blob already committed under it, with it."""
-        if folder.is_dir():
-            return
-        missing = []
-        while not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for new in reversed(missing):
-            try:
-                new.mkdir()
-            except FileExistsError:  # another writer made it: it fsyncs it too
-                pass
-            _fsync_dir(new.parent)
-
     async def put(self, data: bytes, sha256: str | None = None) -> str: ...
     async def get(self, sha256: str) -> bytes: ...
     async def exists(self, sha256: str) -> bool: ...
