@@ -146,7 +146,11 @@ def _presented_key(request: Request, basic: HTTPBasicCredentials | None) -> str 
     return keys.pop() if keys else None
 
 
-def _check(principal: Principal, scope: str | None) -> Principal:
+async def _authorize(request: Request, basic: HTTPBasicCredentials | None, scope: str | None) -> Principal:
+    """The one path every key takes: authenticate, rate-limit, check the scope."""
+    auth: Authenticator = request.app.state.auth
+    principal = await auth.authenticate(_presented_key(request, basic))
+    auth.limit(principal)
     if scope is not None and scope not in principal.scopes:
         raise ApiError(403, "access_forbidden", f"this API key lacks the {scope!r} scope")
     return principal
@@ -164,11 +168,7 @@ def require(scope: str | None) -> Callable:
         bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
         header_key: str | None = Security(header_scheme),
     ) -> Principal:
-        auth: Authenticator = request.app.state.auth
-        key = _presented_key(request, None)
-        principal = await auth.authenticate(key)
-        auth.limit(principal)
-        return _check(principal, scope)
+        return await _authorize(request, None, scope)
 
     return dependency
 
@@ -182,10 +182,6 @@ def require_with_basic(scope: str) -> Callable:
         header_key: str | None = Security(header_scheme),
         basic: HTTPBasicCredentials | None = Security(basic_scheme),
     ) -> Principal:
-        auth: Authenticator = request.app.state.auth
-        key = _presented_key(request, basic)
-        principal = await auth.authenticate(key)
-        auth.limit(principal)
-        return _check(principal, scope)
+        return await _authorize(request, basic, scope)
 
     return dependency
