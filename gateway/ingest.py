@@ -2,8 +2,9 @@
 
 ``Ingestor.ingest(raw, source, envelope)`` is what SMTP, IMAP and replay call;
 ``Ingestor.ingest_files`` is the HTTP upload's variant (no email, one document and
-task per file). Order matters for durability: blobs are written and fsynced first,
-then every row (email, uploads, documents, tasks, task events) is written in one
+task per file). Order matters for durability: blobs are written first and made
+durable (one flush for every blob of a transaction, see ``storage.blobs``), then
+every row (email, uploads, documents, tasks, task events) is written in one
 transaction. Whoever calls this may acknowledge the message only after it returns.
 On SQLite, messages arriving together share that transaction (group commit, see
 ``Ingestor._write``), each message's rows in its own SAVEPOINT.
@@ -20,10 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable, Iterable, Literal, TypeVar
 
-from sqlalchemy import bindparam, create_engine, func, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import parse
@@ -38,7 +37,8 @@ from gateway.queue.states import TaskStatus
 from gateway.routing import Route, Router
 from gateway.storage import models as m
 from gateway.storage.blobs import LocalBlobStore
-from gateway.storage.db import as_database_error, install_sqlite_setup, is_sqlite, sqlite_path, transaction
+from gateway.storage.db import is_sqlite, sqlite_path, transaction
+from gateway.storage.rows import CoreRows, QueueRow, Rows, SqliteWriter
 
 log = get_logger()
 
@@ -49,45 +49,8 @@ TASK_KINDS = frozenset({"body", "attachment", "nested"})
 
 _T = TypeVar("_T")
 
-# The write path's statements, built once (Core; see Ingestor._write_mail).
-_emails, _uploads, _documents = m.Email.__table__, m.Upload.__table__, m.Document.__table__
-_tasks, _task_events = m.Task.__table__, m.TaskEvent.__table__
-_SELECT_EMAIL = select(_emails.c.id).where(_emails.c.fingerprint == bindparam("fingerprint"))
-_SELECT_UPLOAD = select(_uploads.c.id).where(
-    _uploads.c.email_id == bindparam("email_id"), _uploads.c.queue_id == bindparam("queue_id")
-)
-_SELECT_TASK_IDS = select(_tasks.c.id).where(_tasks.c.upload_id == bindparam("upload_id")).order_by(_tasks.c.id)
-_SELECT_SEEN = (
-    select(_documents.c.sha256, func.min(_documents.c.id))
-    .join(_uploads, _uploads.c.id == _documents.c.upload_id)
-    .where(_uploads.c.queue_id == bindparam("queue_id"), _documents.c.sha256.in_(bindparam("hashes", expanding=True)))
-    .group_by(_documents.c.sha256)
-)
-_INSERT_EMAIL = insert(_emails).returning(_emails.c.id)
-_INSERT_UPLOAD = insert(_uploads).returning(_uploads.c.id)
-_INSERT_DOCUMENT = insert(_documents).returning(_documents.c.id)
-# executemany: ids come back in the order of the parameter sets.
-_INSERT_DOCUMENTS = insert(_documents).returning(_documents.c.id, sort_by_parameter_order=True)
-_INSERT_TASKS = insert(_tasks).returning(_tasks.c.id, sort_by_parameter_order=True)
-_INSERT_TASK_EVENTS = insert(_task_events)
 # At most this many messages' rows in one group-committed SQLite transaction.
 _MAX_GROUP = 32
-
-
-def _sqlite_sync_engine(storage):
-    """A synchronous engine on the same SQLite file, for the write path only.
-
-    The same set-up as storage.db.create_engine. NullPool: a connection per
-    transaction (opening one costs far less than a commit), so nothing is left
-    open when the runtime is closed.
-    """
-    engine = create_engine(
-        f"sqlite:///{sqlite_path(storage.database_url)}",
-        poolclass=NullPool,
-        connect_args={"timeout": 30, "check_same_thread": False},
-    )
-    install_sqlite_setup(engine, storage.sqlite_synchronous)
-    return engine
 
 
 @dataclass
@@ -134,13 +97,6 @@ class UploadFile:
     data: bytes
 
 
-@dataclass(frozen=True)
-class _QueueRow:
-    id: int
-    name: str
-    organization_id: int
-
-
 async def sync_config(sessions: async_sessionmaker[AsyncSession], settings) -> None:
     """Make organizations and queues rows match the config (upsert by name).
 
@@ -182,14 +138,14 @@ class Ingestor:
         self.max_size = settings.smtp.max_message_size
         self.max_depth = settings.storage.max_nesting_depth
         self._limit = asyncio.Semaphore(settings.storage.ingest_concurrency)
-        # SQLite: a synchronous engine and a group-commit queue (see _write).
-        self._pending: list[tuple[Callable[[Session], object], asyncio.Future]] = []
+        # SQLite: a group-commit queue and its sqlite3 writer (see _write).
+        self._pending: list[tuple[Callable[[Rows], object], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         url = settings.storage.database_url
-        # (An in-memory SQLite database cannot be shared with a second engine.)
-        on_disk = is_sqlite(url) and url.partition(":///")[2] not in ("", ":memory:")
-        self._sync_engine = _sqlite_sync_engine(settings.storage) if on_disk else None
-        self._queues: dict[str, _QueueRow] = {}
+        # (An in-memory SQLite database cannot be shared with a second connection.)
+        on_disk = is_sqlite(url) and sqlite_path(url) not in ("", ":memory:")
+        self._sqlite = SqliteWriter(sqlite_path(url), settings.storage.sqlite_synchronous) if on_disk else None
+        self._queues: dict[str, QueueRow] = {}
         # Called after every commit that created tasks (the queue's wake-up).
         self.on_tasks_created: list[Callable[[list[int]], Awaitable[None] | None]] = []
 
@@ -212,37 +168,40 @@ class Ingestor:
             raise NoRoute("no recipient routes to a queue")
         return routes
 
-    def _queue_row(self, s: Session, name: str) -> _QueueRow:
+    def _queue_row(self, rows: Rows, name: str) -> QueueRow:
         row = self._queues.get(name)
         if row is None:
-            q = s.scalars(select(m.Queue).where(m.Queue.name == name)).one_or_none()
-            if q is None:
+            row = rows.queue(name)
+            if row is None:
                 raise NoRoute(f"queue {name!r} is not in the database; run sync_config")
-            row = self._queues[name] = _QueueRow(q.id, q.name, q.organization_id)
+            self._queues[name] = row
         return row
 
-    async def _write(self, fn: Callable[[Session], _T]) -> _T:
-        """Run ``fn(session)`` in a committed transaction; return its result.
+    async def _write(self, fn: Callable[[Rows], _T]) -> _T:
+        """Run ``fn(rows)`` in a committed transaction; return its result.
 
-        The row writing is plain synchronous code (Core statements), run as one piece.
+        The row writing is plain synchronous code, run as one piece.
 
         On PostgreSQL it runs through the async session's ``run_sync`` (asyncpg),
         one transaction per call; concurrent writers are fine there.
 
-        On SQLite it runs in a worker thread on a synchronous connection, and calls
-        made while a commit is under way are grouped into the next transaction,
-        each inside its own SAVEPOINT (group commit). Measured reasons: through
-        aiosqlite every statement is a round trip between the event loop and
-        aiosqlite's thread (about ten per message), and SQLite has one writer at a
-        time, so under concurrent SMTP sessions each transaction took 17-23 ms and
-        writers queued behind it (in SQLite's busy handler, which sleeps up to
-        100 ms at a time). A group pays one BEGIN, one COMMIT and one fsync. Every
-        caller still returns only after the transaction holding its rows
-        committed, and a failure inside one call undoes that call's rows only.
+        On SQLite it runs in a worker thread on the writer's own ``sqlite3``
+        connection, and calls made while a commit is under way are grouped into
+        the next transaction, each inside its own SAVEPOINT (group commit).
+        Measured reasons: through aiosqlite every statement is a round trip
+        between the event loop and aiosqlite's thread (about ten per message),
+        and SQLite has one writer at a time, so under concurrent SMTP sessions
+        each transaction took 17-23 ms and writers queued behind it (in SQLite's
+        busy handler, which sleeps up to 100 ms at a time). A group pays one
+        BEGIN, one COMMIT and one fsync. Every caller still returns only after
+        the transaction holding its rows committed, and a failure inside one
+        call undoes that call's rows only.
         """
-        if self._sync_engine is None:
+        if self._sqlite is None:
+            # The blobs the rows name are made durable first (see storage.blobs).
+            await asyncio.to_thread(self.blobs.flush_sync)
             async with transaction(self.sessions) as s:
-                return await s.run_sync(fn)
+                return await s.run_sync(lambda sync: fn(CoreRows(sync.connection())))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.append((fn, fut))
         if self._writer is None or self._writer.done():
@@ -254,7 +213,9 @@ class Ingestor:
             batch = self._pending[:_MAX_GROUP]
             del self._pending[:_MAX_GROUP]
             try:
-                results = await asyncio.to_thread(self._write_group, [fn for fn, _ in batch])
+                results = await asyncio.to_thread(
+                    self._sqlite.run_group, [fn for fn, _ in batch], self.blobs.flush_sync
+                )
             except BaseException as e:  # the group's commit failed: nothing of it is stored
                 cancelled = isinstance(e, asyncio.CancelledError)  # (the loop is shutting down)
                 for _, fut in batch:
@@ -271,22 +232,10 @@ class Ingestor:
                 else:
                     fut.set_exception(value)
 
-    def _write_group(self, fns: list[Callable[[Session], object]]) -> list[tuple[bool, object]]:
-        out: list[tuple[bool, object]] = []
-        try:
-            with Session(self._sync_engine, expire_on_commit=False) as s, s.begin():
-                for fn in fns:
-                    savepoint = s.begin_nested()
-                    try:
-                        value = fn(s)
-                        savepoint.commit()
-                        out.append((True, value))
-                    except Exception as e:
-                        savepoint.rollback()
-                        out.append((False, as_database_error(e)))
-        except (OperationalError, DBAPIError, OSError) as e:
-            raise as_database_error(e) from e
-        return out
+    def close(self) -> None:
+        """Close the SQLite writer's connection (the runtime is closing)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     # --- mail -------------------------------------------------------------------
 
@@ -334,16 +283,17 @@ class Ingestor:
         return parsed, routes, raw_sha, docs
 
     def _store_blobs(self, raw: bytes, parsed: parse.ParsedMail):
-        """Off the event loop: hash and write every blob (fsynced) before any row."""
-        raw_sha = self.blobs.put_sync(raw)
-        docs = [(d, self.blobs.put_sync(d.data)) for d in parsed.documents]
+        """Off the event loop: hash and write every blob before any row (made
+        durable by one flush per transaction, see ``_write``)."""
+        raw_sha = self.blobs.put_sync(raw, sync=False)
+        docs = [(d, self.blobs.put_sync(d.data, sync=False)) for d in parsed.documents]
         return raw_sha, docs
 
     async def _commit_mail(self, raw, raw_sha, parsed, docs, source, envelope, routes) -> IngestResult:
         for attempt in (1, 2):
             try:
                 email_id, uploads = await self._write(
-                    lambda s: self._write_mail(s, raw, raw_sha, parsed, envelope, docs, source, routes)
+                    lambda rows: self._write_mail(rows, raw, raw_sha, parsed, envelope, docs, source, routes)
                 )
                 break
             except IntegrityError:
@@ -368,22 +318,20 @@ class Ingestor:
         return IngestResult(status, email_id, uploads)
 
     def _write_mail(
-        self, s: Session, raw, raw_sha, parsed, envelope, docs, source, routes
+        self, rows: Rows, raw, raw_sha, parsed, envelope, docs, source, routes
     ) -> tuple[int, list[UploadResult]]:
         """All rows of one message, in the caller's transaction (see ``_write``).
 
-        Core statements, not the ORM's unit of work: the ORM flush (identity map,
-        dependency sort, relationship sync) was about 5 ms of CPU per 2 KB message,
-        most of the write, and it runs while SQLite's single write lock is held.
-        The statements are fixed shapes, so their compiled forms are cached.
+        Fixed statements (``storage.rows``), not the ORM's unit of work: the ORM
+        flush (identity map, dependency sort, relationship sync) was about 5 ms of
+        CPU per 2 KB message, most of the write, and it runs while SQLite's single
+        write lock is held.
         """
-        conn = s.connection()
         uploads: list[UploadResult] = []
-        email_id = conn.execute(_SELECT_EMAIL, {"fingerprint": parsed.fingerprint}).scalar_one_or_none()
+        email_id = rows.email_id(parsed.fingerprint)
         new_email = email_id is None
         if new_email:
-            email_id = conn.execute(
-                _INSERT_EMAIL,
+            email_id = rows.insert_email(
                 {
                     "fingerprint": parsed.fingerprint,
                     "message_id": parsed.message_id,
@@ -398,39 +346,34 @@ class Ingestor:
                     "size": len(raw),
                     "defects": parsed.defects,
                     "auth_results": parsed.auth_results,
-                },
-            ).scalar_one()
-        for route in routes:
-            q = self._queue_row(s, route.queue)
-            # An email inserted by this transaction has no uploads yet.
-            existing = None if new_email else (
-                conn.execute(_SELECT_UPLOAD, {"email_id": email_id, "queue_id": q.id}).scalar_one_or_none()
+                }
             )
+        for route in routes:
+            q = self._queue_row(rows, route.queue)
+            # An email inserted by this transaction has no uploads yet.
+            existing = None if new_email else rows.upload_id(email_id, q.id)
             if existing is not None:
-                task_ids = conn.execute(_SELECT_TASK_IDS, {"upload_id": existing}).scalars().all()
-                uploads.append(UploadResult(existing, q.name, list(task_ids), created=False))
+                uploads.append(UploadResult(existing, q.name, rows.task_ids(existing), created=False))
                 continue
-            upload_id = conn.execute(
-                _INSERT_UPLOAD,
+            upload_id = rows.insert_upload(
                 {
                     "queue_id": q.id,
                     "organization_id": q.organization_id,
                     "email_id": email_id,
                     "name": parsed.subject or "(no subject)",
                     "metadata": {"tag": route.tag} if route.tag else {},
-                },
-            ).scalar_one()
-            task_ids = self._add_documents(s, upload_id, q, docs, actor=source)
+                }
+            )
+            task_ids = self._add_documents(rows, upload_id, q, docs, actor=source)
             uploads.append(UploadResult(upload_id, q.name, task_ids, created=True))
         return email_id, uploads
 
-    def _add_documents(self, s: Session, upload_id: int, q: _QueueRow, docs, *, actor: str) -> list[int]:
+    def _add_documents(self, rows: Rows, upload_id: int, q: QueueRow, docs, *, actor: str) -> list[int]:
         """Insert documents and their tasks (with their first task event); mark
         content already seen in the queue (``duplicate_of``: the first document
         with the same sha256 in the queue, earlier uploads first)."""
-        conn = s.connection()
         hashes = list({sha for _, sha in docs})
-        seen = dict(conn.execute(_SELECT_SEEN, {"queue_id": q.id, "hashes": hashes}).all())
+        seen = rows.seen(q.id, hashes)
 
         def row(d, sha, parent_id):
             return {
@@ -453,8 +396,7 @@ class Ingestor:
         # (duplicate_of its first copy): then one INSERT per document, in order.
         one_by_one = any(d.parent is not None for d, _ in docs) or len(set(shas)) != len(shas)
         if not one_by_one:
-            params = [row(d, sha, None) for d, sha in docs]
-            ids = conn.execute(_INSERT_DOCUMENTS, params).scalars().all()
+            ids = rows.insert_documents([row(d, sha, None) for d, sha in docs])
         else:
             ids = []
             first: dict[str, int] = {}  # sha256 → id of the first document with it in this upload
@@ -462,25 +404,19 @@ class Ingestor:
                 parent_id = ids[d.parent] if d.parent is not None and d.parent < len(ids) else None
                 if sha not in seen and sha in first:
                     seen[sha] = first[sha]
-                doc_id = conn.execute(_INSERT_DOCUMENT, row(d, sha, parent_id)).scalar_one()
+                (doc_id,) = rows.insert_documents([row(d, sha, parent_id)])
                 first.setdefault(sha, doc_id)
                 ids.append(doc_id)
         task_docs = [doc_id for (d, _), doc_id in zip(docs, ids) if d.kind in TASK_KINDS]
         if not task_docs:
             return []
-        task_ids = (
-            conn.execute(
-                _INSERT_TASKS,
-                [
-                    {"upload_id": upload_id, "document_id": doc_id, "queue_id": q.id, "status": TaskStatus.QUEUED}
-                    for doc_id in task_docs
-                ],
-            )
-            .scalars()
-            .all()
+        task_ids = rows.insert_tasks(
+            [
+                {"upload_id": upload_id, "document_id": doc_id, "queue_id": q.id, "status": TaskStatus.QUEUED}
+                for doc_id in task_docs
+            ]
         )
-        conn.execute(
-            _INSERT_TASK_EVENTS,
+        rows.insert_task_events(
             [
                 {
                     "task_id": t,
@@ -490,7 +426,7 @@ class Ingestor:
                     "reason": "ingested",
                 }
                 for t in task_ids
-            ],
+            ]
         )
         return list(task_ids)
 
@@ -513,19 +449,18 @@ class Ingestor:
         async with self._limit:
             docs = await asyncio.to_thread(self._prepare_files, files)
 
-            def write(s: Session) -> IngestResult:
-                q = self._queue_row(s, queue)
-                upload_id = s.connection().execute(
-                    _INSERT_UPLOAD,
+            def write(rows: Rows) -> IngestResult:
+                q = self._queue_row(rows, queue)
+                upload_id = rows.insert_upload(
                     {
                         "queue_id": q.id,
                         "organization_id": q.organization_id,
                         "email_id": None,
                         "name": name or docs[0][0].filename,
                         "metadata": metadata or {},
-                    },
-                ).scalar_one()
-                task_ids = self._add_documents(s, upload_id, q, docs, actor=actor)
+                    }
+                )
+                task_ids = self._add_documents(rows, upload_id, q, docs, actor=actor)
                 return IngestResult("created", None, [UploadResult(upload_id, q.name, task_ids, True)])
 
             result = await self._write(write)
@@ -548,7 +483,7 @@ class Ingestor:
                 sniffed_type=parse.sniff_content_type(f.data),
                 data=f.data,
             )
-            out.append((doc, self.blobs.put_sync(f.data)))
+            out.append((doc, self.blobs.put_sync(f.data, sync=False)))
         return out
 
     async def _wake(self, result: IngestResult) -> None:

@@ -38,6 +38,10 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None, sync:
         blobs.ensure()
         if sync:
             await sync_config(sessions, settings)
-        yield Runtime(settings, engine, sessions, blobs, Ingestor(sessions, blobs, settings))
+        ingestor = Ingestor(sessions, blobs, settings)
+        try:
+            yield Runtime(settings, engine, sessions, blobs, ingestor)
+        finally:
+            ingestor.close()
     finally:
         await engine.dispose()

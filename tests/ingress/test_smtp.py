@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import parse
+from gateway.errors import StorageUnavailable
 from gateway.storage import models as m
 
 from .conftest import RawSMTP, make_mail
@@ -257,6 +258,27 @@ async def test_storage_failure_is_451_and_nothing_stored(smtp_gateway):
     assert await gw.count(m.Email) == 1 and await gw.count(m.Task) == 2
 
 
+async def test_blob_flush_failure_is_451_and_no_row_committed(smtp_gateway, monkeypatch):
+    """The blobs are written unsynced and made durable by one flush before the
+    rows commit: when that flush fails, no row may commit and the answer is 451."""
+    gw = smtp_gateway
+    flushed = []
+    real_flush = gw.rt.blobs.flush_sync
+
+    def failing_flush():
+        flushed.append(1)
+        raise StorageUnavailable("cannot sync blobs: Input/output error")
+
+    monkeypatch.setattr(gw.rt.blobs, "flush_sync", failing_flush)
+    code, text = await send(gw.port, [INVOICES], make_mail())
+    assert code == 451 and text.startswith("4.3.0"), text
+    assert flushed and await gw.count(m.Email) == 0 and await gw.count(m.Task) == 0
+    monkeypatch.setattr(gw.rt.blobs, "flush_sync", real_flush)
+    code, text = await send(gw.port, [INVOICES], make_mail())
+    assert code == 250, text
+    assert await gw.count(m.Email) == 1 and await gw.count(m.Task) == 2
+
+
 async def _break_database(db_url: str):
     """Make the database fail; returns an async function that repairs it."""
     if db_url.startswith("sqlite"):
@@ -419,11 +441,11 @@ async def test_large_message_does_not_stall_another_session(smtp_gateway, monkey
             go_parse.wait(120)
         return real_parse(raw, **kw)
 
-    def held_put(data, sha256=None):
+    def held_put(data, sha256=None, **kw):
         if len(data) > 10_000_000 and not in_store.is_set():
             in_store.set()
             go_store.wait(120)
-        return real_put(data, sha256)
+        return real_put(data, sha256, **kw)
 
     monkeypatch.setattr(parse, "parse_message", held_parse)
     monkeypatch.setattr(gw.rt.blobs, "put_sync", held_put)

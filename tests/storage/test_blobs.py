@@ -90,3 +90,93 @@ def test_new_shard_folders_are_fsynced_in_their_parents(tmp_path, monkeypatch):
                 if sha256_hex(d)[:2] == h[:2] and sha256_hex(d)[2:4] != h[2:4])
     new_leaf = store.open_path(store.put_sync(data)).parent
     assert synced == [leaf.parent, new_leaf]
+
+
+def _count_fsyncs(monkeypatch):
+    import gateway.storage.blobs as blobs
+
+    synced = []  # file descriptors (files) and paths (folders)
+    real_fsync = os.fsync
+
+    def fsync_dir(folder):
+        synced.append(folder)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            real_fsync(fd)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(blobs.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(blobs, "_fsync_dir", fsync_dir)
+    return synced
+
+
+def test_unsynced_puts_are_made_durable_by_one_syncfs(tmp_path, monkeypatch):
+    """sync=False defers durability to flush_sync, which is one syncfs(2) of the
+    root's filesystem for every blob written since the last flush."""
+    import gateway.storage.blobs as blobs
+
+    if blobs._syncfs is None:
+        pytest.skip("no syncfs(2) on this platform (the fallback is tested below)")
+    synced = _count_fsyncs(monkeypatch)
+    calls = []
+    real_syncfs = blobs._syncfs
+    monkeypatch.setattr(blobs, "_syncfs", lambda fd: (calls.append(fd), real_syncfs(fd))[1])
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    hashes = [store.put_sync(f"blob {i}".encode(), sync=False) for i in range(20)]
+    assert synced == [] and calls == []
+    store.flush_sync()
+    assert len(calls) == 1 and synced == []
+    store.flush_sync()  # nothing written since: nothing to do
+    assert len(calls) == 1
+    assert [store.open_path(h).read_bytes() for h in hashes] == [f"blob {i}".encode() for i in range(20)]
+
+
+def test_flush_without_syncfs_fsyncs_each_file_and_changed_folder(tmp_path, monkeypatch):
+    import gateway.storage.blobs as blobs
+
+    monkeypatch.setattr(blobs, "_syncfs", None)
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    synced = _count_fsyncs(monkeypatch)
+    h = store.put_sync(b"first", sync=False)
+    assert synced == []
+    store.flush_sync()
+    leaf = store.open_path(h).parent
+    # The file (by fd), then each folder whose entries changed: root, blobs/, ab/, cd/.
+    assert len([s for s in synced if isinstance(s, int)]) == 1
+    assert {s for s in synced if not isinstance(s, int)} == {store.root, store.root / "blobs", leaf.parent, leaf}
+
+
+def test_flush_failure_is_storage_unavailable_and_is_retried(tmp_path, monkeypatch):
+    import gateway.storage.blobs as blobs
+
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    store.put_sync(b"data", sync=False)
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs, "_syncfs", None)
+    monkeypatch.setattr(blobs, "_fsync_dir", failing)
+    monkeypatch.setattr(blobs.os, "fsync", failing)
+    with pytest.raises(StorageUnavailable, match="cannot sync blobs"):
+        store.flush_sync()
+    monkeypatch.undo()
+    synced = _count_fsyncs(monkeypatch)
+    monkeypatch.setattr(blobs, "_syncfs", None)
+    store.flush_sync()  # what failed is still pending
+    assert synced
+
+
+def test_a_truncated_blob_is_written_again(tmp_path):
+    """An unsynced blob cut short by a crash (its row never committed) must not
+    satisfy the next put of the same content."""
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    h = store.put_sync(b"the whole content", sync=False)
+    store.open_path(h).write_bytes(b"")
+    assert store.put_sync(b"the whole content", sync=False) == h
+    assert store.open_path(h).read_bytes() == b"the whole content"
