@@ -156,12 +156,15 @@ async def _session(port, msgs: Messages, measure_from, stop_at, lat, errors):
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux /proc; else NaN)."""
+    """User + system CPU time of a process, its threads and its live child
+    processes (the gateway's parser helpers); Linux /proc, else NaN."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, ValueError, IndexError):
         return float("nan")
+    return total + sum(cpu_seconds(int(c)) for c in children if Path(f"/proc/{c}").exists())
 
 
 async def run_cell(port: int, kind: str, conns: int, seconds: float, warmup: float, pid: int) -> dict:

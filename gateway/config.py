@@ -41,6 +41,9 @@ class StorageSettings(_Section):
     ingest_concurrency: int = Field(8, ge=1, le=256)
     # How many message/rfc822 levels are opened to find nested attachments.
     max_nesting_depth: int = Field(3, ge=0, le=10)
+    # Helper processes that parse messages and write their blobs (0: threads of
+    # the daemon itself). See gateway/preparer.py.
+    parse_processes: int = Field(1, ge=0, le=64)
     # Upgrade the schema on start-up (serve, replay) for SQLite; PostgreSQL
     # deployments usually run `gateway db upgrade` explicitly.
     auto_migrate: bool = True

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import parse
 from gateway.errors import MessageTooLarge, NoRoute, PermanentError
+from gateway.preparer import PROCESS_MAX_BYTES, Prepared, Preparer, PreparerConfig, PreparerProcesses
 from gateway.observability import (
     INGEST_SECONDS,
     MESSAGES_RECEIVED,
@@ -135,8 +136,11 @@ class Ingestor:
         self.blobs = blobs
         self.settings = settings
         self.router = Router(settings.queues)
+        config = PreparerConfig.from_settings(settings)
+        self._preparer = Preparer(config, blobs)
+        n = settings.storage.parse_processes
+        self._processes = PreparerProcesses(config, n) if n else None
         self.max_size = settings.smtp.max_message_size
-        self.max_depth = settings.storage.max_nesting_depth
         self._limit = asyncio.Semaphore(settings.storage.ingest_concurrency)
         # SQLite: a group-commit queue and its sqlite3 writer (see _write).
         self._pending: list[tuple[Callable[[Rows], object], asyncio.Future]] = []
@@ -153,20 +157,6 @@ class Ingestor:
 
     def routes_for(self, addresses: Iterable[str]) -> list[Route]:
         return self.router.route_all(addresses)
-
-    def _routes(self, parsed: parse.ParsedMail, envelope: Envelope, queues: list[str] | None) -> list[Route]:
-        if queues:
-            unknown = [q for q in queues if self.settings.queue(q) is None]
-            if unknown:
-                raise NoRoute(f"unknown queue: {', '.join(unknown)}")
-            return [Route(q, "", None) for q in dict.fromkeys(queues)]
-        # The envelope is authoritative when there is one (SMTP); a message read
-        # from disk or a mailbox only has its headers to go by.
-        addresses = envelope.rcpt_to or [*parsed.delivered_to, *parsed.to, *parsed.cc]
-        routes = self.router.route_all(addresses)
-        if not routes:
-            raise NoRoute("no recipient routes to a queue")
-        return routes
 
     def _queue_row(self, rows: Rows, name: str) -> QueueRow:
         row = self._queues.get(name)
@@ -232,8 +222,10 @@ class Ingestor:
                 else:
                     fut.set_exception(value)
 
-    def close(self) -> None:
-        """Close the SQLite writer's connection (the runtime is closing)."""
+    async def aclose(self) -> None:
+        """Stop the helper processes; close the SQLite writer's connection."""
+        if self._processes is not None:
+            await self._processes.close()
         if self._sqlite is not None:
             self._sqlite.close()
 
@@ -259,10 +251,8 @@ class Ingestor:
         started = time.perf_counter()
         async with self._limit:
             try:
-                # One worker-thread hop for parsing, routing and the blobs: each
-                # hop costs a thread wake-up and GIL hand-offs under load.
-                parsed, routes, raw_sha, docs = await asyncio.to_thread(self._prepare, raw, envelope, queues)
-                result = await self._commit_mail(raw, raw_sha, parsed, docs, source, envelope, routes)
+                prep = await self._prepare(raw, envelope, queues)
+                result = await self._commit_mail(raw, prep.raw_sha, prep.parsed, prep.docs, source, envelope, prep.routes)
             except PermanentError:
                 MESSAGES_RECEIVED.labels(source, "rejected").inc()
                 raise
@@ -274,20 +264,16 @@ class Ingestor:
         await self._wake(result)
         return result
 
-    def _prepare(self, raw: bytes, envelope: Envelope, queues: list[str] | None):
-        """Off the event loop: parse, route (NoRoute before any blob is written),
-        then write the blobs."""
-        parsed = parse.parse_message(raw, max_depth=self.max_depth)
-        routes = self._routes(parsed, envelope, queues)
-        raw_sha, docs = self._store_blobs(raw, parsed)
-        return parsed, routes, raw_sha, docs
-
-    def _store_blobs(self, raw: bytes, parsed: parse.ParsedMail):
-        """Off the event loop: hash and write every blob before any row (made
-        durable by one flush per transaction, see ``_write``)."""
-        raw_sha = self.blobs.put_sync(raw, sync=False)
-        docs = [(d, self.blobs.put_sync(d.data, sync=False)) for d in parsed.documents]
-        return raw_sha, docs
+    async def _prepare(self, raw: bytes, envelope: Envelope, queues: list[str] | None) -> Prepared:
+        """Parse, route and write the blobs off the event loop: in a helper
+        process, or (large messages, or no helpers configured) in one worker
+        thread hop. The blobs are made durable by ``_write``'s flush."""
+        if self._processes is not None and len(raw) <= PROCESS_MAX_BYTES:
+            prep = await self._processes.prepare(raw, envelope.rcpt_to, queues)
+            if prep.unsynced:
+                self.blobs.mark_unsynced([prep.raw_sha, *(sha for _, sha in prep.docs)])
+            return prep
+        return await asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False)
 
     async def _commit_mail(self, raw, raw_sha, parsed, docs, source, envelope, routes) -> IngestResult:
         for attempt in (1, 2):

@@ -42,6 +42,6 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None, sync:
         try:
             yield Runtime(settings, engine, sessions, blobs, ingestor)
         finally:
-            ingestor.close()
+            await ingestor.aclose()
     finally:
         await engine.dispose()

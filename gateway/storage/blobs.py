@@ -163,6 +163,11 @@ class LocalBlobStore:
                 changed.append(new.parent)
         return changed
 
+    def mark_unsynced(self, shas: list[str]) -> None:
+        """Blobs another process wrote with ``sync=False``: the next flush covers them."""
+        with self._unsynced_lock:
+            self._unsynced += [self._path(h) for h in shas]
+
     def flush_sync(self) -> None:
         """Make every blob written with ``sync=False`` so far durable."""
         with self._flush_lock:
