@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Literal, TypeVar
 
 from sqlalchemy import select
@@ -65,9 +65,14 @@ class Envelope:
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        extra = d.pop("extra")
-        return {**d, **extra}
+        return {
+            "mail_from": self.mail_from,
+            "rcpt_to": list(self.rcpt_to),
+            "peer": self.peer,
+            "helo": self.helo,
+            "tls": self.tls,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -271,7 +276,7 @@ class Ingestor:
         if self._processes is not None and len(raw) <= PROCESS_MAX_BYTES:
             prep = await self._processes.prepare(raw, envelope.rcpt_to, queues)
             if prep.unsynced:
-                self.blobs.mark_unsynced([prep.raw_sha, *(sha for _, sha in prep.docs)])
+                self.blobs.mark_unsynced()
             return prep
         return await asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False)
 

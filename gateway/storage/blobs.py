@@ -113,14 +113,20 @@ class LocalBlobStore:
             raise StorageUnavailable(f"cannot write blob: {e.strerror or e}") from e
         try:
             new_dirs = self._make_dirs(final.parent, sync)
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
+            except FileNotFoundError:  # tmp/ removed under a running daemon
+                self._tmp.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
                     if sync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, final)
             except BaseException:
                 try:
@@ -163,10 +169,12 @@ class LocalBlobStore:
                 changed.append(new.parent)
         return changed
 
-    def mark_unsynced(self, shas: list[str]) -> None:
-        """Blobs another process wrote with ``sync=False``: the next flush covers them."""
+    def mark_unsynced(self) -> None:
+        """Another process wrote blobs with ``sync=False`` (it does so only where
+        syncfs exists, which flushes them wherever they are): the next flush
+        must not be skipped."""
         with self._unsynced_lock:
-            self._unsynced += [self._path(h) for h in shas]
+            self._unsynced.append(self.root)
 
     def flush_sync(self) -> None:
         """Make every blob written with ``sync=False`` so far durable."""

@@ -603,3 +603,31 @@ async def test_memory_budget_is_shared_by_sessions_and_answered_with_452(start_g
     assert await gw.count(m.Email) == 3
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<a@b.example>", "<a.b+tag@x-y.example.com> SIZE=100", "<a@b.example>  BODY=8BITMIME",
+        "<a@b.example>\tSIZE=1", "<a@b.example> (comment) SIZE=1", "<a..b@c>", "<.a@b>", "<a@b.>",
+        '<"quoted local"@b.example>', "<a@[192.0.2.1]>", "<>", "< a@b.example>", "<a@b..c>",
+        "<user!x#y$z%w&v'u*t/s=r?q^p_o`n{m|l}k~j-i@d.example>", "a@b.example", "<a@b.example",
+    ],
+)
+def test_address_fast_path_agrees_with_the_header_parser(arg):
+    """The regex fast path of GatewaySMTP._getaddr must give what aiosmtpd's
+    header-parser path gives, for every form it accepts."""
+    from email._header_value_parser import get_addr_spec, get_angle_addr
+    from email.errors import HeaderParseError
+
+    from gateway.ingress.smtp import GatewaySMTP
+
+    class Session:
+        local_part_limit = 0
+
+    try:
+        token, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
+        expected = (token.addr_spec, rest)
+    except HeaderParseError:
+        expected = (None, None)
+    assert GatewaySMTP._getaddr(Session(), arg) == expected

@@ -180,3 +180,14 @@ def test_a_truncated_blob_is_written_again(tmp_path):
     store.open_path(h).write_bytes(b"")
     assert store.put_sync(b"the whole content", sync=False) == h
     assert store.open_path(h).read_bytes() == b"the whole content"
+
+
+def test_put_recreates_a_removed_tmp_folder(tmp_path):
+    import shutil
+
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    shutil.rmtree(store.root / "tmp")
+    h = store.put_sync(b"still stored", sync=False)
+    assert store.open_path(h).read_bytes() == b"still stored"
+    assert list((store.root / "tmp").iterdir()) == []
