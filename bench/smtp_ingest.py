@@ -255,6 +255,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured time per cell (default 6)")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell")
     ap.add_argument("--database-url", help="gateway database (default: SQLite in a temp folder)")
+    ap.add_argument("--sizes", default="2KB,200KB", help="message kinds to run (default 2KB,200KB)")
+    ap.add_argument("--conns", default="1,16", help="concurrent connections to run (default 1,16)")
     ap.add_argument("--raw-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.raw_server:
@@ -275,8 +277,8 @@ def main() -> None:
             wait_listening(raw_port, raw, "raw aiosmtpd")
             wait_listening(gw_port, gw, "gateway serve")
             rows = []
-            for kind in ("2KB", "200KB"):
-                for conns in (1, 16):
+            for kind in args.sizes.split(","):
+                for conns in (int(c) for c in args.conns.split(",")):
                     res = {}
                     for name, port, pid in (("raw", raw_port, raw.pid), ("gateway", gw_port, gw.pid)):
                         res[name] = asyncio.run(run_cell(port, kind, conns, args.seconds, args.warmup, pid))

@@ -191,3 +191,26 @@ def test_put_recreates_a_removed_tmp_folder(tmp_path):
     h = store.put_sync(b"still stored", sync=False)
     assert store.open_path(h).read_bytes() == b"still stored"
     assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_refused_syncfs_falls_back_to_sync(tmp_path, monkeypatch):
+    """A seccomp filter that refuses syncfs (EPERM) must not turn every message
+    into a 451: sync(2) flushes the same blobs."""
+    import ctypes
+    import errno
+
+    import gateway.storage.blobs as blobs
+
+    def refused(fd):
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(blobs, "_syncfs", refused)
+    monkeypatch.setattr(blobs.ctypes, "get_errno", lambda: errno.EPERM)
+    synced = []
+    monkeypatch.setattr(blobs.os, "sync", lambda: synced.append(1))
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    store.put_sync(b"x", sync=False)
+    store.flush_sync()
+    assert synced == [1]
