@@ -28,9 +28,12 @@ request.
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import signal
+import socket
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass
 from itertools import count
@@ -115,12 +118,43 @@ class Preparer:
 
 
 class _Helper:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    """One helper process and the requests in flight to it.
+
+    It talks over one end of a socketpair given to it as stdin and stdout: the
+    parent uses ordinary asyncio socket streams, and needs no child watcher
+    (the process is reaped in a thread when it is closed or found dead).
+    """
+
+    def __init__(self, proc: subprocess.Popen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proc = proc
+        self.stream_reader = reader
+        self.writer = writer
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = count()
         self.alive = True
+        self.reaped: asyncio.Future | None = None
         self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, config: "PreparerConfig") -> "_Helper":
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.preparer"],
+                stdin=child,
+                stdout=child,
+                close_fds=True,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_connection(sock=parent)
+        helper = cls(proc, reader, writer)
+        data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+        writer.write(_HEADER.pack(len(data)) + data)
+        return helper
 
     async def call(self, payload: tuple) -> Prepared:
         if not self.alive:
@@ -130,20 +164,19 @@ class _Helper:
         self.pending[rid] = fut
         data = pickle.dumps((rid, payload), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.proc.stdin.write(_HEADER.pack(len(data)))
-            self.proc.stdin.write(data)
-            await self.proc.stdin.drain()
+            self.writer.write(_HEADER.pack(len(data)))
+            self.writer.write(data)
+            await self.writer.drain()
         except (ConnectionError, RuntimeError) as e:
             self.pending.pop(rid, None)
             raise TemporaryError(f"the parser process is gone: {e}") from e
         return await fut
 
     async def _read(self) -> None:
-        out = self.proc.stdout
         try:
             while True:
-                (n,) = _HEADER.unpack(await out.readexactly(_HEADER.size))
-                rid, ok, value = pickle.loads(await out.readexactly(n))
+                (n,) = _HEADER.unpack(await self.stream_reader.readexactly(_HEADER.size))
+                rid, ok, value = pickle.loads(await self.stream_reader.readexactly(n))
                 fut = self.pending.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(value) if ok else fut.set_exception(value)
@@ -151,29 +184,41 @@ class _Helper:
             pass
         except Exception as e:  # a frame that does not load: stop using this helper
             log.error("preparer.broken", error=f"{type(e).__name__}: {e}", pid=self.proc.pid)
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
         finally:
             self.alive = False
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(TemporaryError("the parser process exited"))
             self.pending.clear()
+            self.writer.close()  # a helper still running reads EOF and exits
+            try:  # reap it (or kill it) without holding the loop
+                self.reaped = asyncio.get_running_loop().run_in_executor(None, _reap, self.proc)
+            except RuntimeError:  # the loop is shutting down: the OS reaps it later
+                pass
 
     async def close(self, timeout: float) -> None:
-        if self.proc.returncode is None:
+        """Say EOF; wait for the helper to finish what it holds and exit."""
+        if not self.reader.done():
             try:
-                self.proc.stdin.close()
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                try:
-                    self.proc.kill()
-                except ProcessLookupError:
-                    pass
-                await self.proc.wait()
-        await self.reader
+                self.writer.write_eof()
+            except (OSError, RuntimeError):
+                self.writer.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                self.writer.close()
+                await self.reader
+        if self.reaped is not None:
+            await self.reaped
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class PreparerProcesses:
@@ -186,17 +231,6 @@ class PreparerProcesses:
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def _start(self) -> _Helper:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.preparer",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        helper = _Helper(proc)
-        data = pickle.dumps(self.config, protocol=pickle.HIGHEST_PROTOCOL)
-        proc.stdin.write(_HEADER.pack(len(data)) + data)
-        return helper
-
     async def _helper(self) -> _Helper:
         if self._closed:
             raise TemporaryError("shutting down")
@@ -204,11 +238,16 @@ class PreparerProcesses:
         if len(self.helpers) < self.size:
             async with self._lock:
                 self.helpers = [h for h in self.helpers if h.alive]
-                while len(self.helpers) < self.size:
+                while len(self.helpers) < self.size and not self._closed:
                     try:
-                        self.helpers.append(await self._start())
+                        helper = await _Helper.start(self.config)
                     except OSError as e:
                         raise TemporaryError(f"cannot start a parser process: {e}") from e
+                    # (Not helpers.append(await ...): close() may swap the list meanwhile.)
+                    self.helpers.append(helper)
+            if self._closed:  # close() ran while this one was starting
+                await self.close()
+                raise TemporaryError("shutting down")
         return min(self.helpers, key=lambda h: len(h.pending))
 
     async def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None) -> Prepared:
@@ -241,9 +280,25 @@ def _answer(rid: int, ok: bool, value) -> bytes:
         return pickle.dumps((rid, False, err), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the parent dies, even if something else still
+    holds our socket open (EOF on stdin is the normal way out)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
+    parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the prctl
+        return
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames on the pipe
     first = _read_frame(inp)

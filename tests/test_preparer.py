@@ -168,3 +168,27 @@ asyncio.run(main())
         raise AssertionError("the helper outlived its parent")
     finally:
         parent.kill()
+
+
+async def test_close_while_a_helper_starts_leaves_no_helper_running(config, monkeypatch):
+    """A helper whose start was under way when close() ran is closed too: it
+    must not outlive the runtime (and hold its parent's stderr open)."""
+    import gateway.preparer as preparer
+
+    started = []
+    real_start = preparer._Helper.start
+
+    async def recording_start(cfg):
+        helper = await real_start(cfg)
+        started.append(helper)
+        return helper
+
+    monkeypatch.setattr(preparer._Helper, "start", staticmethod(recording_start))
+    procs = PreparerProcesses(config, 1)
+    pending = asyncio.create_task(procs.prepare(b"To: invoices@ap.example.com\r\n\r\nhi\r\n", [], None))
+    await asyncio.sleep(0)  # the start is under way
+    await procs.close()
+    with pytest.raises(TemporaryError, match="shutting down"):
+        await asyncio.wait_for(pending, 30)
+    assert len(started) == 1
+    assert started[0].proc.wait(30) == 0
