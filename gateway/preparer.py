@@ -132,6 +132,7 @@ class _Helper:
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = count()
         self.alive = True
+        self.closing = False
         self.reaped: asyncio.Future | None = None
         self.reader = asyncio.create_task(self._read())
 
@@ -152,6 +153,7 @@ class _Helper:
             child.close()
         reader, writer = await asyncio.open_connection(sock=parent)
         helper = cls(proc, reader, writer)
+        log.info("preparer.started", pid=proc.pid)
         data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
         writer.write(_HEADER.pack(len(data)) + data)
         return helper
@@ -186,6 +188,9 @@ class _Helper:
             log.error("preparer.broken", error=f"{type(e).__name__}: {e}", pid=self.proc.pid)
         finally:
             self.alive = False
+            if not self.closing:
+                # Its messages get a temporary error (SMTP 451: the sender retries).
+                log.error("preparer.exited", pid=self.proc.pid, failed_requests=len(self.pending))
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(TemporaryError("the parser process exited"))
@@ -198,6 +203,7 @@ class _Helper:
 
     async def close(self, timeout: float) -> None:
         """Say EOF; wait for the helper to finish what it holds and exit."""
+        self.closing = True
         if not self.reader.done():
             try:
                 self.writer.write_eof()

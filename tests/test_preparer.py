@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.errors import NoRoute, TemporaryError
 from gateway.preparer import Preparer, PreparerConfig, PreparerProcesses
@@ -90,9 +91,13 @@ async def test_a_helper_killed_mid_request_fails_it_temporarily_and_is_replaced(
     pending = asyncio.create_task(helpers.prepare(raw + b"again\r\n", [], None))
     await asyncio.sleep(0.2)
     assert not pending.done()
-    os.kill(pid, signal.SIGKILL)
-    with pytest.raises(TemporaryError, match="parser process"):
-        await asyncio.wait_for(pending, 30)
+    with capture_logs() as logs:
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(TemporaryError, match="parser process"):
+            await asyncio.wait_for(pending, 30)
+    assert [(e["event"], e["pid"], e["failed_requests"]) for e in logs if e["event"] == "preparer.exited"] == [
+        ("preparer.exited", pid, 1)
+    ]
     # The next request starts a new helper.
     got = await helpers.prepare(raw + b"third\r\n", [], None)
     assert got.parsed.documents[0].data.endswith(b"third\r\n")
@@ -148,7 +153,8 @@ asyncio.run(main())
     LocalBlobStore(tmp_path / "root").ensure()
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        helper_pid = int(parent.stdout.readline())
+        # (Unconfigured structlog prints its lines to stdout too.)
+        helper_pid = int(next(line for line in parent.stdout if line.strip().isdigit()))
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(30)
         deadline = time.monotonic() + 30
