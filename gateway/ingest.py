@@ -35,7 +35,7 @@ from gateway.observability import (
     get_logger,
 )
 from gateway.queue.states import TaskStatus
-from gateway.routing import Route, Router
+from gateway.routing import Route
 from gateway.storage import models as m
 from gateway.storage.blobs import LocalBlobStore
 from gateway.storage.db import is_sqlite, sqlite_path, transaction
@@ -140,7 +140,6 @@ class Ingestor:
         self.sessions = sessions
         self.blobs = blobs
         self.settings = settings
-        self.router = Router(settings.queues)
         config = PreparerConfig.from_settings(settings)
         self._preparer = Preparer(config, blobs)
         n = settings.storage.parse_processes
@@ -161,7 +160,7 @@ class Ingestor:
     # --- routing ---------------------------------------------------------------
 
     def routes_for(self, addresses: Iterable[str]) -> list[Route]:
-        return self.router.route_all(addresses)
+        return self._preparer.router.route_all(addresses)
 
     def _queue_row(self, rows: Rows, name: str) -> QueueRow:
         row = self._queues.get(name)

@@ -37,6 +37,17 @@ def is_sqlite(url_or_engine) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_pragmas(sqlite_synchronous: str) -> list[str]:
+    """What every connection to the database runs first (both engines and the
+    ingest's own sqlite3 writer)."""
+    return [
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={sqlite_synchronous.upper()}",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA busy_timeout=30000",
+    ]
+
+
 def install_sqlite_setup(sync_engine, sqlite_synchronous: str) -> None:
     """WAL, the durability level, foreign keys, a busy timeout, and BEGIN IMMEDIATE
     for every transaction (see the module doc), on any SQLite engine."""
@@ -46,10 +57,8 @@ def install_sqlite_setup(sync_engine, sqlite_synchronous: str) -> None:
         # Let the begin event below issue BEGIN itself.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        for pragma in sqlite_pragmas(sqlite_synchronous):
+            cur.execute(pragma)
         cur.close()
 
     @event.listens_for(sync_engine, "begin")

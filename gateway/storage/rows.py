@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import DatabaseUnavailable
 from gateway.storage import models as m
+from gateway.storage.db import sqlite_pragmas
 
 _T = TypeVar("_T")
 
@@ -264,10 +265,8 @@ class SqliteWriter:
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
+        for pragma in sqlite_pragmas(self.synchronous):
+            con.execute(pragma)
         return con
 
     def run_group(
