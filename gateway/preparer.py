@@ -288,7 +288,9 @@ def _answer(rid: int, ok: bool, value) -> bytes:
 
 def _die_with_parent() -> None:
     """Linux: be killed when the parent dies, even if something else still
-    holds our socket open (EOF on stdin is the normal way out)."""
+    holds our socket open (EOF on stdin is the normal way out). Strictly, when
+    the parent *thread* that started us ends: helpers are started from the
+    event loop's thread, which lives as long as the daemon."""
     try:
         import ctypes
 
