@@ -278,13 +278,8 @@ class IMAPConnection:
         """UIDs >= first_uid, ascending."""
         resp = await self._call(self.protocol.search("UID", f"{first_uid}:*", charset=None, by_uid=True), "UID SEARCH")
         self._check(resp, "UID SEARCH")
-        uids: set[int] = set()
-        for line in resp.lines[:-1]:
-            # aioimaplib strips the "SEARCH" word from untagged lines; accept either.
-            if isinstance(line, bytes):
-                uids.update(int(t) for t in line.split() if t.isdigit())
         # "n:*" always matches the highest UID, even when it is below n.
-        return sorted(u for u in uids if u >= first_uid)
+        return sorted(u for u in search_uids(resp.lines[:-1]) if u >= first_uid)
 
     def _fetch_items(self, resp) -> dict[int, tuple[bytes, bytes | None]]:
         """uid -> (the response's non-literal text, its literal)."""
@@ -418,6 +413,23 @@ class IMAPConnection:
         # A poll's NOOP keeps NAT and server idle timers from closing the connection.
         if not stop.is_set():
             self._check(await self._call(self.client.noop(), "NOOP"), "NOOP")
+
+
+def search_uids(lines) -> set[int]:
+    """The UIDs in a SEARCH response's untagged lines. aioimaplib may or may not
+    strip the "SEARCH" word; other untagged data the server sends along ("3
+    EXISTS", "1 RECENT", "2 FETCH (FLAGS ...)") carries sequence numbers, not
+    UIDs, and is skipped."""
+    uids: set[int] = set()
+    for line in lines:
+        if not isinstance(line, bytes):
+            continue
+        tokens = line.split()
+        if tokens[:1] == [b"SEARCH"]:
+            tokens = tokens[1:]
+        if tokens and all(t.isdigit() for t in tokens):
+            uids.update(int(t) for t in tokens)
+    return uids
 
 
 def _uid_set(uids: list[int]) -> str:

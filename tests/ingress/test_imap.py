@@ -22,7 +22,7 @@ from gateway.config import IMAPSettings
 from gateway.errors import StorageUnavailable
 from gateway.ingress.imap import IMAPPollers, MailboxPoller, _by_bytes, backoff_delay, check_account
 from gateway.ingress.imap_auth import IMAPSecretError, read_secret, xoauth2_string
-from gateway.ingress.imap_client import IMAPConnection, _uid_set, quote_mailbox
+from gateway.ingress.imap_client import IMAPConnection, _uid_set, quote_mailbox, search_uids
 from tests.ingress.conftest_imap import (  # noqa: F401 - fixtures
     PASSWORD,
     Gateway,
@@ -447,6 +447,13 @@ def test_small_pure_helpers():
     assert all(0.5 * min(60, 2 ** (n - 1)) <= d <= min(60, 2 ** (n - 1)) for n, d in zip(range(1, 10), delays))
 
 
+def test_search_uids_skip_untagged_data_carrying_sequence_numbers():
+    """New mail announced along with a SEARCH answer ("4 EXISTS") must not be
+    taken for UID 4."""
+    lines = [b"SEARCH 101 102", b"103", b"4 EXISTS", b"1 RECENT", b"2 FETCH (FLAGS (\\Seen))", b"SEARCH", b""]
+    assert search_uids(lines) == {101, 102, 103}
+
+
 # --- gateway check -------------------------------------------------------------------------
 
 
@@ -543,6 +550,11 @@ async def test_serve_runs_the_pollers_as_the_imap_component(dovecot, imap_user, 
         imap = [c for c in components if c.name == "imap"]
         assert len(imap) == 1 and isinstance(imap[0], IMAPPollers)
         await imap[0].start()
+        # Appended once the poller idles: mail that lands between its last
+        # command and the server registering the IDLE is only seen at the
+        # server's next IDLE check (Dovecot: 30 s) or our renewal; this test is
+        # about the component's wiring, not that window.
+        await asyncio.wait_for(imap[0].pollers[0].idling.wait(), 30)
         await Mailbox(dovecot, imap_user).append(make_mail("Served"))
         await eventually(lambda: _eq(gw.uploads, 1))
         await imap[0].stop(5)
