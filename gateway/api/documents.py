@@ -13,7 +13,6 @@ from gateway import services as sv
 from gateway.api import schemas
 from gateway.api.auth import Principal, require
 from gateway.api.common import AUTH_ERRORS, MAX_ID, errors, runtime, urls
-from gateway.errors import StorageUnavailable
 from gateway.storage.db import transaction
 
 router = APIRouter(tags=["documents"])
@@ -72,9 +71,7 @@ async def get_document_content(
     rt = runtime(request)
     async with transaction(rt.sessions) as s:
         doc = await sv.get_document(s, document_id, principal.organization_id)
-    path = rt.blobs.open_path(doc.sha256)
-    if not await rt.blobs.exists(doc.sha256):
-        raise StorageUnavailable(f"blob {doc.sha256} of document {document_id} is missing")
+    path = await rt.blobs.file_for(doc.sha256, f"document {document_id}")
     # Always an attachment, never sniffed: a document is mail content from
     # outside, and HTML or SVG rendered inline would run in the API's origin.
     return FileResponse(

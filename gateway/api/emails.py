@@ -10,7 +10,6 @@ from gateway import services as sv
 from gateway.api import schemas
 from gateway.api.auth import Principal, require
 from gateway.api.common import AUTH_ERRORS, MAX_ID, errors, runtime, urls
-from gateway.errors import StorageUnavailable
 from gateway.storage import models as m
 from gateway.storage.db import transaction
 
@@ -48,9 +47,7 @@ async def get_email_raw(request: Request, principal: Principal = Depends(require
     rt = runtime(request)
     async with transaction(rt.sessions) as s:
         email = await sv.get_email(s, email_id, principal.organization_id)
-    path = rt.blobs.open_path(email.raw_sha256)
-    if not await rt.blobs.exists(email.raw_sha256):
-        raise StorageUnavailable(f"blob {email.raw_sha256} of email {email_id} is missing")
+    path = await rt.blobs.file_for(email.raw_sha256, f"email {email_id}")
     # FileResponse streams the file in chunks off the event loop; no re-encoding.
     return FileResponse(
         path,

@@ -214,3 +214,13 @@ def test_a_refused_syncfs_falls_back_to_sync(tmp_path, monkeypatch):
     store.put_sync(b"x", sync=False)
     store.flush_sync()
     assert synced == [1]
+
+
+async def test_file_for_names_what_is_missing(tmp_path):
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    h = store.put_sync(b"served")
+    assert (await store.file_for(h, "email 1")).read_bytes() == b"served"
+    store.open_path(h).unlink()
+    with pytest.raises(StorageUnavailable, match=f"blob {h} of email 1 is missing"):
+        await store.file_for(h, "email 1")
