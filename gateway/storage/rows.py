@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol
 
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -32,8 +32,6 @@ from sqlalchemy.exc import IntegrityError
 from gateway.errors import DatabaseUnavailable
 from gateway.storage import models as m
 from gateway.storage.db import sqlite_pragmas
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
