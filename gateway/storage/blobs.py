@@ -5,6 +5,13 @@ from the hash alone, so no name taken from a mail can ever become a path, and a
 write is atomic (temp file, fsync, rename, fsync of the folder): a reader sees the
 whole blob or none.
 
+Layout: ``blobs/<first two hex digits>/<sha256>``, 256 folders made once by
+``ensure()`` (git's objects folder has the same shape). Earlier versions used
+two levels (``blobs/ab/cd/<sha256>``): 65,536 folders, so nearly every blob of
+a young store made a new folder, and a new store wrote blobs at a fraction of
+its later speed. Blobs in that layout are still found (read, served,
+collected); new ones go to the one-level layout.
+
 Group durability: the ingest writes blobs with ``sync=False`` (temp file, rename,
 no fsync) and calls ``flush_sync()`` once before the transaction that names them
 commits. On Linux that is one ``syncfs(2)`` of the root's filesystem for a whole
@@ -25,6 +32,7 @@ import ctypes
 import errno
 import ctypes.util
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -79,10 +87,19 @@ class BlobStore(Protocol):
     async def check(self) -> None: ...
 
 
+# In blobs/: written once ensure() has made the 256 folders. "one-level": every
+# blob is in the one-level layout; "one-level two-level": the store was made by an
+# earlier version, so a blob may also be at its two-level path.
+_LAYOUT_FILE = ".layout"
+_tmp_names = itertools.count()  # with the pid: unique temp names across stores and threads
+
+
 class LocalBlobStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self._tmp = self.root / "tmp"
+        self._base = self.root / "blobs"
+        self._two_level: bool | None = None  # read from the layout file when first needed
         # What sync=False writes left to flush_sync: files, and folders whose
         # entries changed (only used where syncfs is not available).
         self._unsynced: list[Path] = []
@@ -94,32 +111,88 @@ class LocalBlobStore:
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
+        base = self._base
+        layout = base / _LAYOUT_FILE
+        if layout.exists():
+            return
+        created = not base.is_dir()
+        two_level = not created and any(base.iterdir())
+        base.mkdir(exist_ok=True)
+        for i in range(256):
+            (base / f"{i:02x}").mkdir(exist_ok=True)
+        tmp = self._tmp / f"layout.{os.getpid()}.{next(_tmp_names)}"
+        tmp.write_text("one-level two-level\n" if two_level else "one-level\n")
+        os.replace(tmp, layout)
+        # A blob committed under these folders is only as durable as their entries.
+        _fsync_dir(base)
+        if created:
+            _fsync_dir(self.root)
+        self._two_level = two_level
+
+    @property
+    def two_level(self) -> bool:
+        """Whether a blob may be at its two-level path (a store made by an
+        earlier version; unknown counts as yes)."""
+        if self._two_level is None:
+            try:
+                self._two_level = "two-level" in (self._base / _LAYOUT_FILE).read_text()
+            except OSError:
+                return True
+        return self._two_level
 
     def _path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
             raise ValueError(f"not a sha256: {sha256!r}")
-        return self.root / "blobs" / sha256[:2] / sha256[2:4] / sha256
+        return self._base / sha256[:2] / sha256
+
+    def _legacy_path(self, sha256: str) -> Path:
+        return self._base / sha256[:2] / sha256[2:4] / sha256
+
+    def _find(self, sha256: str) -> Path:
+        """Where the blob is: its path, or its two-level path if only that exists."""
+        path = self._path(sha256)
+        if path.exists() or not self.two_level:
+            return path
+        legacy = self._legacy_path(sha256)
+        return legacy if legacy.exists() else path
 
     def open_path(self, sha256: str) -> Path:
-        return self._path(sha256)
+        return self._find(sha256)
+
+    def _stored_size(self, path: str, sha256: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        if self.two_level:
+            try:
+                return self._legacy_path(sha256).stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return None
 
     def _put_sync(self, data: bytes, sha256: str | None, sync: bool = True) -> str:
+        # Plain strings and os calls: this runs for every blob of every message,
+        # and pathlib's object building was a tenth of a helper's time.
         digest = sha256 or sha256_hex(data)
-        final = self._path(digest)
+        if not _SHA256.match(digest):
+            raise ValueError(f"not a sha256: {digest!r}")
+        folder = f"{self._base}/{digest[:2]}"
+        final = f"{folder}/{digest}"
         try:
-            if final.stat().st_size == len(data):
+            if self._stored_size(final, digest) == len(data):
                 return digest
-        except FileNotFoundError:
-            pass
         except OSError as e:
             raise StorageUnavailable(f"cannot write blob: {e.strerror or e}") from e
+        new_dirs: list[Path] = []
+        tmp = f"{self._tmp}/{digest[:16]}.{os.getpid()}.{next(_tmp_names)}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            new_dirs = self._make_dirs(final.parent, sync)
             try:
-                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
+                fd = os.open(tmp, flags, 0o600)
             except FileNotFoundError:  # tmp/ removed under a running daemon
                 self._tmp.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=digest[:8], suffix=".part")
+                fd = os.open(tmp, flags, 0o600)
             try:
                 try:
                     view = memoryview(data)
@@ -129,7 +202,11 @@ class LocalBlobStore:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except FileNotFoundError:  # its folder is gone (removed under a running store)
+                    new_dirs = self._make_dirs(Path(folder), sync)
+                    os.replace(tmp, final)
             except BaseException:
                 try:
                     os.unlink(tmp)
@@ -137,13 +214,13 @@ class LocalBlobStore:
                     pass
                 raise
             if sync:
-                _fsync_dir(final.parent)
+                _fsync_dir(Path(folder))
             elif _syncfs is None:
                 with self._unsynced_lock:
-                    self._unsynced += [final, *new_dirs, final.parent]
+                    self._unsynced += [Path(final), *new_dirs, Path(folder)]
             else:
                 with self._unsynced_lock:
-                    self._unsynced.append(final)
+                    self._unsynced.append(Path(final))
         except OSError as e:
             raise StorageUnavailable(f"cannot write blob: {e.strerror or e}") from e
         return digest
@@ -218,17 +295,17 @@ class LocalBlobStore:
 
     async def get(self, sha256: str) -> bytes:
         try:
-            return await asyncio.to_thread(self._path(sha256).read_bytes)
+            return await asyncio.to_thread(lambda: self._find(sha256).read_bytes())
         except OSError as e:
             raise StorageUnavailable(f"cannot read blob {sha256}: {e.strerror or e}") from e
 
     async def exists(self, sha256: str) -> bool:
-        return await asyncio.to_thread(self._path(sha256).exists)
+        return await asyncio.to_thread(lambda: self._find(sha256).exists())
 
     async def file_for(self, sha256: str, owner: str) -> Path:
         """The path of a blob that a row (``owner``, for the error) names, to be
         served as a file; StorageUnavailable when it is not on disk."""
-        path = self._path(sha256)
+        path = await asyncio.to_thread(self._find, sha256)
         if not await asyncio.to_thread(path.exists):
             raise StorageUnavailable(f"blob {sha256} of {owner} is missing")
         return path
@@ -237,15 +314,22 @@ class LocalBlobStore:
         base = self.root / "blobs"
         if not base.exists():
             return
-        for p in base.glob("*/*/*"):
-            if _SHA256.match(p.name):
-                yield p.name
+        seen = set()
+        for pattern in ("*/*", "*/*/*") if self.two_level else ("*/*",):
+            for p in base.glob(pattern):
+                if _SHA256.match(p.name) and p.name not in seen:
+                    seen.add(p.name)
+                    yield p.name
 
     async def delete(self, sha256: str) -> None:
-        try:
-            await asyncio.to_thread(self._path(sha256).unlink)
-        except FileNotFoundError:
-            pass
+        def unlink_both() -> None:
+            for path in (self._path(sha256), self._legacy_path(sha256))[: 2 if self.two_level else 1]:
+                try:
+                    path.unlink()
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+
+        await asyncio.to_thread(unlink_both)
 
     def _check_sync(self) -> None:
         self.ensure()

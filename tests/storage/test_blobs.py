@@ -64,9 +64,11 @@ async def test_concurrent_checks_do_not_race(tmp_path):
     await asyncio.gather(*(store.check() for _ in range(200)))
 
 
-def test_new_shard_folders_are_fsynced_in_their_parents(tmp_path, monkeypatch):
-    """A blob's rename is made durable by fsyncing its folder; a folder the
-    write created must itself be made durable in its parent, up to the root."""
+def test_shard_folders_are_made_once_and_fsynced_in_their_parents(tmp_path, monkeypatch):
+    """A blob's rename is made durable by fsyncing its folder; the folders
+    themselves are made by ensure() (all 256 at once, their entries fsynced up
+    to the root), and one removed under a running store is made again by the
+    write that needs it, its entry fsynced too."""
     import itertools
 
     import gateway.storage.blobs as blobs
@@ -76,20 +78,70 @@ def test_new_shard_folders_are_fsynced_in_their_parents(tmp_path, monkeypatch):
     monkeypatch.setattr(blobs, "_fsync_dir", lambda folder: (synced.append(folder), real(folder)))
     store = LocalBlobStore(tmp_path / "root")
     store.ensure()
-    h = store.put_sync(b"first")
-    leaf = store.open_path(h).parent
-    # blobs/ in the root, ab/ in blobs/, cd/ in ab/, then the blob's own entry in cd/.
-    assert synced == [store.root, store.root / "blobs", leaf.parent, leaf]
+    base = store.root / "blobs"
+    assert sorted(p.name for p in base.iterdir()) == [".layout", *(f"{i:02x}" for i in range(256))]
+    assert synced == [base, store.root]
+    synced.clear()
+    store.ensure()  # already made: nothing to do
+    assert synced == []
 
+    h = store.put_sync(b"first")
+    assert store.open_path(h) == base / h[:2] / h
+    assert synced == [base / h[:2]]  # only the blob's own entry
     synced.clear()
     store.put_sync(b"first")  # already there: nothing written, nothing synced
     assert synced == []
 
-    # Same first folder, new second one: only the new folder and the blob.
-    data = next(d for d in (str(i).encode() for i in itertools.count())
-                if sha256_hex(d)[:2] == h[:2] and sha256_hex(d)[2:4] != h[2:4])
-    new_leaf = store.open_path(store.put_sync(data)).parent
-    assert synced == [leaf.parent, new_leaf]
+    data = next(d for d in (str(i).encode() for i in itertools.count()) if sha256_hex(d)[:2] != h[:2])
+    shard = base / sha256_hex(data)[:2]
+    shard.rmdir()
+    assert store.put_sync(data) == sha256_hex(data)
+    assert synced == [base, shard]
+    assert store.open_path(sha256_hex(data)).read_bytes() == data
+
+
+async def test_blobs_in_the_two_level_layout_are_still_found(tmp_path):
+    """Earlier versions stored blobs/ab/cd/<sha256>: in a store they made, such a
+    blob is read, served, deduplicated, listed and deleted where it is."""
+    data = b"stored by an earlier version"
+    h = sha256_hex(data)
+    root = tmp_path / "root"
+    legacy = root / "blobs" / h[:2] / h[2:4] / h
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(data)
+    store = LocalBlobStore(root)
+    store.ensure()
+    assert (root / "blobs" / ".layout").read_text() == "one-level two-level\n"
+    assert store.two_level
+    assert store.open_path(h) == legacy
+    assert await store.exists(h) and await store.get(h) == data
+    assert await store.file_for(h, "document 1") == legacy
+    assert await store.put(data) == h
+    assert not (root / "blobs" / h[:2] / h).exists()  # not written twice
+    new = await store.put(b"written by this version")
+    assert store.open_path(new) == root / "blobs" / new[:2] / new
+    assert set(store.iter_hashes()) == {h, new}
+    # A second process (a parser helper) reads the same answer from the layout file.
+    assert LocalBlobStore(root).two_level
+    await store.delete(h)
+    assert not legacy.exists() and not await store.exists(h)
+    with pytest.raises(StorageUnavailable, match="document 1"):
+        await store.file_for(h, "document 1")
+
+
+def test_a_new_store_never_looks_for_two_level_paths(tmp_path):
+    store = LocalBlobStore(tmp_path / "root")
+    store.ensure()
+    assert (store.root / "blobs" / ".layout").read_text() == "one-level\n"
+    assert not LocalBlobStore(store.root).two_level
+    data = b"x"
+    h = sha256_hex(data)
+    stray = store.root / "blobs" / h[:2] / h[2:4] / h
+    stray.parent.mkdir()
+    stray.write_bytes(data)
+    assert store.open_path(h) == store.root / "blobs" / h[:2] / h
+    assert list(store.iter_hashes()) == []
+    assert store.put_sync(data) == h and store.open_path(h).read_bytes() == data
 
 
 def _count_fsyncs(monkeypatch):
@@ -124,6 +176,7 @@ def test_unsynced_puts_are_made_durable_by_one_syncfs(tmp_path, monkeypatch):
     monkeypatch.setattr(blobs, "_syncfs", lambda fd: (calls.append(fd), real_syncfs(fd))[1])
     store = LocalBlobStore(tmp_path / "root")
     store.ensure()
+    synced.clear()  # ensure()'s own folder fsyncs
     hashes = [store.put_sync(f"blob {i}".encode(), sync=False) for i in range(20)]
     assert synced == [] and calls == []
     store.flush_sync()
@@ -143,10 +196,18 @@ def test_flush_without_syncfs_fsyncs_each_file_and_changed_folder(tmp_path, monk
     h = store.put_sync(b"first", sync=False)
     assert synced == []
     store.flush_sync()
-    leaf = store.open_path(h).parent
-    # The file (by fd), then each folder whose entries changed: root, blobs/, ab/, cd/.
+    # The file (by fd), then the folder whose entries changed (ensure() made it).
     assert len([s for s in synced if isinstance(s, int)]) == 1
-    assert {s for s in synced if not isinstance(s, int)} == {store.root, store.root / "blobs", leaf.parent, leaf}
+    assert {s for s in synced if not isinstance(s, int)} == {store.open_path(h).parent}
+
+    # A folder made again by the write (removed under a running store) too.
+    synced.clear()
+    shard = store.root / "blobs" / sha256_hex(b"second")[:2]
+    if shard != store.open_path(h).parent:
+        shard.rmdir()
+    h2 = store.put_sync(b"second", sync=False)
+    store.flush_sync()
+    assert {s for s in synced if not isinstance(s, int)} >= {store.open_path(h2).parent}
 
 
 def test_flush_failure_is_storage_unavailable_and_is_retried(tmp_path, monkeypatch):
