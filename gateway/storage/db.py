@@ -33,6 +33,9 @@ _PG_MIGRATION_LOCK = 0x6761_7465  # "gate"
 
 
 def is_sqlite(url_or_engine) -> bool:
+    dialect = getattr(url_or_engine, "dialect", None)
+    if dialect is not None:  # an engine: no URL rendering (this runs per ingest)
+        return dialect.name == "sqlite"
     url = str(getattr(url_or_engine, "url", url_or_engine))
     return url.startswith("sqlite")
 

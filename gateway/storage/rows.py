@@ -128,9 +128,11 @@ def _ts(value: dt.datetime | None) -> str | None:
     """What ``UTCDateTime`` + SQLAlchemy's SQLite DATETIME store: naive UTC text."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    # SQLAlchemy's format: "%04d-%02d-%02d %02d:%02d:%02d.%06d" (isoformat pads the
+    # year the same way, where strftime's %Y does not).
+    return value.isoformat(" ", "microseconds")
 
 
 def _js(value) -> str:
@@ -170,6 +172,13 @@ class SqliteRows:
 
     def __init__(self, con: sqlite3.Connection) -> None:
         self.con = con
+        self._now: str | None = None
+
+    def now(self) -> str:
+        """One timestamp for the rows of a group: they commit together."""
+        if self._now is None:
+            self._now = _now()
+        return self._now
 
     def _one(self, sql: str, params) -> int | None:
         r = self.con.execute(sql, params).fetchone()
@@ -187,7 +196,7 @@ class SqliteRows:
             _SQL_EMAIL,
             (
                 row["fingerprint"], row["message_id"], row["from_addr"], _js(row["to"]), _js(row["cc"]),
-                row["subject"], _ts(row["date"]), _now(), row["source"], _js(row["envelope"]),
+                row["subject"], _ts(row["date"]), self.now(), row["source"], _js(row["envelope"]),
                 row["raw_sha256"], row["size"], _js(row["defects"]), _js(row["auth_results"]),
             ),
         )
@@ -212,7 +221,7 @@ class SqliteRows:
     def insert_upload(self, row: dict) -> int:
         return self._one(
             _SQL_UPLOAD,
-            (row["queue_id"], row["organization_id"], row["email_id"], row["name"], _js(row["metadata"]), _now()),
+            (row["queue_id"], row["organization_id"], row["email_id"], row["name"], _js(row["metadata"]), self.now()),
         )
 
     def insert_documents(self, rows: list[dict]) -> list[int]:
@@ -220,14 +229,14 @@ class SqliteRows:
         return [self._one(_SQL_DOCUMENT, tuple(r[c] for c in _DOCUMENT_COLS)) for r in rows]
 
     def insert_tasks(self, rows: list[dict]) -> list[int]:
-        now = _now()
+        now = self.now()
         return [
             self._one(_SQL_TASK, (r["upload_id"], r["document_id"], r["queue_id"], r["status"], 0, now, now))
             for r in rows
         ]
 
     def insert_task_events(self, rows: list[dict]) -> None:
-        now = _now()
+        now = self.now()
         self.con.executemany(
             _SQL_EVENT, [(r["task_id"], r["from_status"], r["to_status"], now, r["actor"], r["reason"]) for r in rows]
         )
