@@ -119,16 +119,27 @@ async def _reply(r: asyncio.StreamReader) -> int:
             return int(line[:3])
 
 
-async def _session(port, msgs: Messages, measure_from, stop_at, lat, errors):
+async def _connect(port):
     r, w = await asyncio.open_connection("127.0.0.1", port)
     await _reply(r)
     w.write(b"EHLO bench.client\r\n")
     await _reply(r)
+    return r, w
+
+
+async def _session(port, msgs: Messages, measure_from, stop_at, lat, errors):
+    r, w = await _connect(port)
     done = 0
     while time.perf_counter() < stop_at:
         raw = msgs.next()
         w.write(b"MAIL FROM:<bench@client.example>\r\nRCPT TO:<" + RCPT.encode() + b">\r\n")
-        if await _reply(r) != 250 or await _reply(r) != 250:
+        code = await _reply(r)
+        if code == 421:
+            # The server's max_messages_per_connection: reconnect, as an MTA does.
+            w.close()
+            r, w = await _connect(port)
+            continue
+        if code != 250 or await _reply(r) != 250:
             errors.append("envelope")
             continue
         t0 = time.perf_counter()
