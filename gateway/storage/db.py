@@ -48,6 +48,12 @@ def sqlite_pragmas(sqlite_synchronous: str) -> list[str]:
         f"PRAGMA synchronous={sqlite_synchronous.upper()}",
         "PRAGMA foreign_keys=ON",
         "PRAGMA busy_timeout=30000",
+        # Checkpoint the WAL into the database every ~40 MB of WAL instead of
+        # SQLite's 4 MB: a page rewritten by many commits is copied (and the
+        # database fsynced) once per checkpoint, not once per 4 MB. Measured with
+        # 16 SMTP sessions of 2 KB messages: 1.6 against 1.8 ms of CPU per
+        # message, about 9% more messages/s.
+        "PRAGMA wal_autocheckpoint=10000",
     ]
 
 
