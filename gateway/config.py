@@ -38,7 +38,7 @@ class StorageSettings(_Section):
     # "full" survives power loss; "normal" (WAL) only survives a process crash.
     sqlite_synchronous: Literal["full", "normal"] = "full"
     # Upper bound on ingests writing blobs and rows at once.
-    ingest_concurrency: int = Field(16, ge=1, le=256)
+    ingest_concurrency: int = Field(8, ge=1, le=256)
     # How many message/rfc822 levels are opened to find nested attachments.
     max_nesting_depth: int = Field(3, ge=0, le=10)
     # Helper processes that parse messages and write their blobs (0: threads of

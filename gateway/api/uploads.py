@@ -185,8 +185,8 @@ async def _queue_name(request: Request, principal: Principal, queue_ref: str) ->
 
 def upload_slots(settings) -> asyncio.Semaphore:
     """Bodies are held in memory (up to max_upload_size each): bound how many are
-    read at once, as many as are ingested at once; others wait."""
-    return asyncio.Semaphore(settings.storage.ingest_concurrency)
+    read at once. Twice the ingest concurrency keeps ingest busy; others wait."""
+    return asyncio.Semaphore(2 * settings.storage.ingest_concurrency)
 
 
 def _body_slots(request: Request) -> asyncio.Semaphore:
