@@ -222,3 +222,36 @@ async def test_on_tasks_created_callback_gets_new_task_ids(runtime):
     r = await runtime.ingestor.ingest(make_mail(), "smtp")
     await runtime.ingestor.ingest(make_mail(), "smtp")  # duplicate: no call
     assert seen == [r.uploads[0].task_ids]
+
+
+async def test_only_messages_over_64_kib_wait_for_an_ingest_slot(db_url, make_settings, monkeypatch):
+    """storage.ingest_concurrency bounds the large messages being stored; a small
+    one is stored while every slot is held by large ones, which queue."""
+    from gateway.ingest import SMALL_MESSAGE_BYTES
+    from gateway.runtime import open_runtime
+
+    settings = make_settings(db_url, storage={"ingest_concurrency": 1})
+    async with open_runtime(settings, migrate=True) as rt:
+        ingestor = rt.ingestor
+        release = asyncio.Event()
+        started = []
+        real_prepare = ingestor._prepare
+
+        async def prepare(raw, envelope, queues):
+            started.append(len(raw))
+            if len(raw) > SMALL_MESSAGE_BYTES:
+                await release.wait()
+            return await real_prepare(raw, envelope, queues)
+
+        monkeypatch.setattr(ingestor, "_prepare", prepare)
+        big = [make_mail(msgid=f"<big-{i}@x>", attachments=(("a.pdf", PDF + bytes(100_000)),)) for i in range(2)]
+        assert all(len(b) > SMALL_MESSAGE_BYTES for b in big)
+        first = asyncio.create_task(ingestor.ingest(big[0], "replay"))
+        second = asyncio.create_task(ingestor.ingest(big[1], "replay"))
+        await asyncio.sleep(0.05)
+        assert len(started) == 1  # the second large message waits for the slot
+        small = await asyncio.wait_for(ingestor.ingest(make_mail(msgid="<small@x>"), "replay"), 30)
+        assert small.status == "created" and len(started) == 2 and not first.done()
+        release.set()
+        assert (await first).status == "created" and (await second).status == "created"
+        assert await count(rt, m.Email) == 3
