@@ -148,27 +148,31 @@ class LocalBlobStore:
     def _legacy_path(self, sha256: str) -> Path:
         return self._base / sha256[:2] / sha256[2:4] / sha256
 
-    def _find(self, sha256: str) -> Path:
-        """Where the blob is: its path, or its two-level path if only that exists."""
+    def _existing(self, sha256: str) -> Path | None:
+        """Where the blob is on disk: its path, or its two-level path; None if neither."""
+        for path in self._paths(sha256):
+            if path.exists():
+                return path
+        return None
+
+    def _paths(self, sha256: str) -> list[Path]:
         path = self._path(sha256)
-        if path.exists() or not self.two_level:
-            return path
-        legacy = self._legacy_path(sha256)
-        return legacy if legacy.exists() else path
+        return [path, self._legacy_path(sha256)] if self.two_level else [path]
+
+    def _find(self, sha256: str) -> Path:
+        return self._existing(sha256) or self._path(sha256)
 
     def open_path(self, sha256: str) -> Path:
         return self._find(sha256)
 
     def _stored_size(self, path: str, sha256: str) -> int | None:
-        try:
-            return os.stat(path).st_size
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        if self.two_level:
+        """The size of the blob already stored (at ``path``, its one-level path
+        as a string, or its two-level path), or None."""
+        for candidate in (path, self._legacy_path(sha256)) if self.two_level else (path,):
             try:
-                return self._legacy_path(sha256).stat().st_size
+                return os.stat(candidate).st_size
             except (FileNotFoundError, NotADirectoryError):
-                pass
+                continue
         return None
 
     def _put_sync(self, data: bytes, sha256: str | None, sync: bool = True) -> str:
@@ -300,18 +304,18 @@ class LocalBlobStore:
             raise StorageUnavailable(f"cannot read blob {sha256}: {e.strerror or e}") from e
 
     async def exists(self, sha256: str) -> bool:
-        return await asyncio.to_thread(lambda: self._find(sha256).exists())
+        return await asyncio.to_thread(self._existing, sha256) is not None
 
     async def file_for(self, sha256: str, owner: str) -> Path:
         """The path of a blob that a row (``owner``, for the error) names, to be
         served as a file; StorageUnavailable when it is not on disk."""
-        path = await asyncio.to_thread(self._find, sha256)
-        if not await asyncio.to_thread(path.exists):
+        path = await asyncio.to_thread(self._existing, sha256)
+        if path is None:
             raise StorageUnavailable(f"blob {sha256} of {owner} is missing")
         return path
 
     def iter_hashes(self) -> Iterator[str]:
-        base = self.root / "blobs"
+        base = self._base
         if not base.exists():
             return
         seen = set()
@@ -322,14 +326,14 @@ class LocalBlobStore:
                     yield p.name
 
     async def delete(self, sha256: str) -> None:
-        def unlink_both() -> None:
-            for path in (self._path(sha256), self._legacy_path(sha256))[: 2 if self.two_level else 1]:
+        def unlink() -> None:
+            for path in self._paths(sha256):
                 try:
                     path.unlink()
                 except (FileNotFoundError, NotADirectoryError):
                     pass
 
-        await asyncio.to_thread(unlink_both)
+        await asyncio.to_thread(unlink)
 
     def _check_sync(self) -> None:
         self.ensure()
