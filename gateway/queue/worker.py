@@ -316,13 +316,14 @@ class WorkerPool:
                 await self._sleep(min(2**failures * 0.1, self.cfg.poll_seconds))
                 continue
             self._release_slots(free - len(claimed))
+            if not claimed:
+                await self._sleep(await self._idle_timeout())
+                continue
             # open_path looks on disk (a blob may still be in the two-level layout).
             paths = await asyncio.to_thread(lambda: [self.rt.blobs.open_path(c.job.sha256) for c in claimed])
             for c, path in zip(claimed, paths):
                 c.job.path = path
                 self._running[c.job.task_id] = asyncio.create_task(self._run(c), name=f"task-{c.job.task_id}")
-            if not claimed:
-                await self._sleep(await self._idle_timeout())
 
     async def _claim(self, n: int) -> list[Claimed]:
         async def claim() -> list[Claimed]:
