@@ -1,8 +1,9 @@
 """``webhook``: POST the document and its metadata to a URL.
 
-The request is ``multipart/form-data`` with two parts: ``metadata`` (JSON of the
-task, upload and email) and ``file`` (the document with its filename and content
-type). With a secret configured, the receiver can check where it came from:
+The request is ``multipart/form-data`` with two parts: ``metadata``
+(``application/json``: the task, upload and email) and ``file`` (the document
+with its filename and content type). With a secret configured, the receiver
+can check where it came from:
 
     X-Gateway-Timestamp: <unix seconds>
     X-Gateway-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>
@@ -94,8 +95,12 @@ class WebhookProcessor:
             "POST",
             self.cfg.url,
             headers={**self.cfg.headers, "X-Gateway-Task": str(job.task_id), "X-Gateway-Attempt": str(job.attempt)},
-            data={"metadata": json.dumps(job.metadata, ensure_ascii=False, default=str)},
-            files={"file": (job.filename, data, job.content_type)},
+            # metadata carries its type (receivers that decode parts by type need
+            # it) but no filename, so form parsers still read it as a field.
+            files=[
+                ("metadata", (None, json.dumps(job.metadata, ensure_ascii=False, default=str).encode(), "application/json")),
+                ("file", (job.filename, data, job.content_type)),
+            ],
         )
         body = request.read()  # the multipart body, to sign exactly what is sent
         if self._secret is not None:
