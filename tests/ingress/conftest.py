@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from gateway.ingress.smtp import SMTPListener
 from gateway.runtime import Runtime, open_runtime
 from gateway.storage import models as m
+from tests.peers import postfix
+from tests.peers.postfix import PostfixRelay
 
-TOOLS = Path(__file__).resolve().parents[3] / "shared" / "tools"
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 
@@ -158,21 +159,23 @@ def free_port() -> int:
 @pytest.fixture
 def postfix_relay():
     """Start a throwaway Postfix relaying to a target port: ``start(target) -> (port, dir)``."""
-    started: list[Path] = []
-    tool = str(TOOLS / "postfix-relay-test-server")
+    started: list[PostfixRelay] = []
 
     def start(target: int) -> tuple[int, Path]:
-        # Postfix's own user must reach DIR; pytest's tmp folders are root-only.
+        if reason := postfix.missing():
+            pytest.skip(reason)
+        # Not under pytest's tmp folders: they are root-only, and Postfix's own
+        # user must reach DIR.
         d = Path(tempfile.mkdtemp(prefix="gw-postfix-"))
-        d.chmod(0o755)
-        port = free_port()
-        r = subprocess.run([tool, "start", str(d), str(port), str(target)], capture_output=True, text=True, timeout=180)
-        if r.returncode:
-            pytest.fail(f"postfix relay did not start: {r.stdout} {r.stderr}")
-        started.append(d)
-        return port, d
+        try:
+            relay = PostfixRelay.create(d, target)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            shutil.rmtree(d, ignore_errors=True)
+            pytest.fail(f"postfix relay did not start: {e}")
+        started.append(relay)
+        return relay.port, relay.dir
 
     yield start
-    for d in started:
-        subprocess.run([tool, "stop", str(d)], capture_output=True, text=True, timeout=60)
-        shutil.rmtree(d, ignore_errors=True)
+    for relay in started:
+        relay.stop()
+        shutil.rmtree(relay.dir, ignore_errors=True)

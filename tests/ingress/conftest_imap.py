@@ -4,23 +4,17 @@ Imported by ``test_imap.py`` (``tests/ingress/conftest.py`` belongs to the SMTP
 tests). One Dovecot per test module, with many users: each test takes a user of
 its own, so tests never see each other's mail. Tests that stop and start the
 server (a dropped connection, a UIDVALIDITY change) restart that same instance
-on the same folder, as the tool's README describes.
+on the same folder (``tests/peers/dovecot.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import itertools
-import os
-import signal
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -32,151 +26,26 @@ from gateway.ingress.imap import IMAPPollers
 from gateway.ingress.imap_client import IMAPConnection
 from gateway.runtime import open_runtime
 from gateway.storage import models as m
-from tests.conftest import free_port
+from tests.peers import dovecot as dovecot_peer
+from tests.peers.dovecot import Dovecot
 
-TOOL = Path(__file__).resolve().parents[3] / "shared" / "tools" / "dovecot-test-server"
 PASSWORD = "secret"
 USERS = [f"user{i:02d}" for i in range(1, 41)]
 
 
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Dovecot:
-    dir: Path
-    port: int
-    tls_port: int
-
-    @property
-    def cert(self) -> Path:
-        return self.dir / "cert.pem"
-
-    @property
-    def conf(self) -> Path:
-        return self.dir / "dovecot.conf"
-
-    def stop(self) -> None:
-        # Stopping the master leaves logged-in imap processes serving their
-        # clients; a dropped connection needs them gone too. They are children
-        # of this test's own master process.
-        sessions = self._sessions()
-        subprocess.run([str(TOOL), "stop", str(self.dir)], capture_output=True, timeout=30)
-        end = time.monotonic() + 15
-        while (self._master_alive() or _port_open(self.port) or _port_open(self.tls_port)) and time.monotonic() < end:
-            time.sleep(0.05)
-        for pid in sessions:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    def _sessions(self) -> list[int]:
-        try:
-            master = int((self.dir / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == master and name == "imap":
-                pids.append(int(stat.parent.name))
-        return pids
-
-    def _master_alive(self) -> bool:
-        try:
-            pid = int((self.dir / "run" / "master.pid").read_text().split()[0])
-            os.kill(pid, 0)
-            return True
-        except (OSError, ValueError, IndexError):
-            return False
-
-    def start_again(self) -> None:
-        """Start on the same folder and config (mail, UIDs and UIDVALIDITY kept)."""
-        end = time.monotonic() + 20
-        # The old master may still be on its way out (pid file, sockets): retry.
-        while subprocess.run(["dovecot", "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode != 0:
-            if self._master_alive() and _port_open(self.port):
-                break  # it is up (an earlier start won)
-            if time.monotonic() > end:
-                raise RuntimeError(f"dovecot did not start again; see {self.dir}/dovecot.log")
-            time.sleep(0.1)
-        while not _port_open(self.port):
-            if time.monotonic() > end:
-                raise RuntimeError(f"dovecot did not come back; see {self.dir}/dovecot.log")
-            time.sleep(0.05)
-        if (self.dir / "dovecot.conf").read_text().count("anvil-auth-penalty"):
-            self.warm_up()
-
-    def warm_up(self) -> None:
-        imap = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
-        try:
-            imap.login(USERS[-1], PASSWORD)
-        finally:
-            imap.logout()
-
-    def reset_uidvalidity(self, user: str) -> None:
-        """The README's recipe: drop Dovecot's index and UID list, keep the messages.
-        Call while stopped."""
-        for p in (self.dir / "mail" / user).rglob("dovecot*"):
-            p.unlink() if p.is_file() else shutil.rmtree(p)
-        # UIDVALIDITY is a timestamp: make sure the new one differs.
-        time.sleep(1.1)
-
-
-def start_dovecot(base: Path) -> Dovecot:
-    d = base / "dovecot"
-    port, tls_port = free_port(), free_port()
-    users = [a for u in USERS for a in ("--user", f"{u}:{PASSWORD}")]
-    # Dovecot's master process keeps the stderr it was started with: a pipe there
-    # would never reach EOF and subprocess.run would wait forever. A file it is.
-    d.parent.mkdir(parents=True, exist_ok=True)
-    with open(base / "dovecot-start.log", "w+") as err:
-        p = subprocess.run([str(TOOL), "start", str(d), str(port), "--tls-port", str(tls_port), *users],
-                           stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, timeout=300)
-        if p.returncode != 0:
-            err.seek(0)
-            pytest.fail(f"dovecot-test-server failed: {p.stdout}{err.read()}")
-    assert "ready" in p.stdout, p.stdout
-    server = Dovecot(d, port, tls_port)
-    # Also offer XOAUTH2/OAUTHBEARER: Dovecot 2.3 checks the bearer token against
-    # the passdb as if it were the password, so a static token needs no OAuth server.
-    server.stop()
-    conf = server.conf.read_text()
-    conf = conf.replace("auth_mechanisms = plain login\n", "auth_mechanisms = plain login xoauth2 oauthbearer\n")
-    # Tests fail logins on purpose; Dovecot's per-IP auth penalty would then slow
-    # every later login from 127.0.0.1 (other tests' mailboxes) by up to 15 s.
-    # Dovecot's documented switch: no anvil-auth-penalty socket, no penalty.
-    conf = conf.replace("service anvil {\n  chroot =\n}",
-                        "service anvil {\n  chroot =\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}")
-    # (Its price: the auth process spends ~5 s failing to reach that socket on its
-    # first login; pay it here, once, rather than inside a test.)
-    conf += "auth_failure_delay = 0\n"
-    server.conf.write_text(conf)
-    server.start_again()
-    return server
-
-
 @pytest.fixture(scope="module")
 def dovecot():
-    if shutil.which("dovecot") is None and not TOOL.exists():
-        pytest.skip("dovecot-test-server not available")
+    if reason := dovecot_peer.missing():
+        pytest.skip(reason)
     # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to 0700
     # whenever any session starts, and Dovecot's unprivileged auth process must
     # be able to reach the passwd file.
     base = Path(tempfile.mkdtemp(prefix="gateway-imap-test-"))
     try:
-        server = start_dovecot(base)
+        try:
+            server = Dovecot.create(base / "dovecot", {u: PASSWORD for u in USERS})
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            pytest.fail(f"test Dovecot did not start: {e}")
         try:
             yield server
         finally:
