@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# System packages the test suite needs that a fresh machine may lack. Dovecot and
-# Postfix are installed here, once and serially, although ../shared/tools would
-# install them on first use: parallel test workers doing that at the same moment
-# fight over apt's lock. PostgreSQL is used where it answers on 127.0.0.1:5432
-# (the tests say so when it does not).
+# System packages the test suite needs that a fresh machine may lack. The tests
+# start their own throwaway Dovecot and Postfix (tests/peers/) from these
+# packages' binaries; they never install anything themselves, because parallel
+# test workers doing that at the same moment would fight over apt's lock. Where
+# the packages cannot be installed, the tests that need them are skipped with
+# the reason. PostgreSQL is used where it answers on 127.0.0.1:5432 (the tests
+# say so when it does not).
 set -euo pipefail
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
