@@ -12,7 +12,9 @@ import logging
 import sys
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Keys whose values are never written to a log line, whatever the caller passed.
 SECRET_KEYS = frozenset({"password", "secret", "token", "api_key", "key", "authorization"})
@@ -73,9 +75,36 @@ SMTP_BUFFERED_BYTES = Gauge(
     "gateway_smtp_buffered_bytes", "Message bytes SMTP sessions hold in memory (received or being stored)"
 )
 SMTP_REPLIES = Counter("gateway_smtp_replies_total", "SMTP replies by code class", ["code"])
-TASK_TRANSITIONS = Counter(
-    "gateway_task_transitions_total", "Task state changes", ["to_status"]
-)
+
+
+class TransitionCounts(Collector):
+    """``gateway_task_transitions_total{from_status, to_status}``, read from the
+    task_events table at scrape time (``/metrics`` calls ``update``): a process
+    counter would miss the CLI's transitions and another instance's. The number
+    is the whole database's, so instances sharing one report the same value: take
+    max(), not sum(), across them. Until a scrape has read the database it is empty."""
+
+    name = "gateway_task_transitions"
+    documentation = "Task state changes recorded in the database (task creation excluded)"
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def update(self, rows) -> None:
+        self._counts = {(str(f), str(t)): int(n) for f, t, n in rows}
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.documentation, labels=["from_status", "to_status"])]
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation, labels=["from_status", "to_status"])
+        for (from_status, to_status), n in sorted(self._counts.items()):
+            family.add_metric([from_status, to_status], n)
+        yield family
+
+
+TASK_TRANSITIONS = TransitionCounts()
+REGISTRY.register(TASK_TRANSITIONS)
 PROCESSOR_SECONDS = Histogram(
     "gateway_processor_seconds", "Processor run time", ["type", "outcome"]
 )

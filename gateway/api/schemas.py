@@ -50,6 +50,13 @@ class MoveRequest(BaseModel):
     queue: int | str = Field(description="the target queue's id or URL (same organization)")
 
 
+class SteerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(
+        None, max_length=1000, description="why; kept in the task's history (default: the action's name)"
+    )
+
+
 class TaskEvent(_Out):
     from_: TaskStatusName | None = Field(alias="from")
     to: TaskStatusName

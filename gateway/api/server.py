@@ -118,4 +118,11 @@ class HTTPServer:
                 await self._task
         except Exception as e:
             log.error("http.stop_failed", error=str(e))
+        # A health or metrics probe that outlived its request (a locked database)
+        # gets a moment to finish, then is cancelled so the loop can close cleanly.
+        probes = [t for t in getattr(self.app.state, "probes", {}).values() if not t.done()]
+        if probes:
+            _, pending = await asyncio.wait(probes, timeout=1)
+            for t in pending:
+                t.cancel()
         log.info("http.stopped")

@@ -2,19 +2,21 @@
 
 Steering goes through ``gateway.queue.steer.steer`` — the one place that changes
 a task's status — so the API, the CLI and the workers share one state machine; a
-task in the wrong state is 409 ``conflict_status``.
+task in the wrong state is 409 ``conflict_status``. An optional ``{"reason"}``
+body is kept in the task event, as the CLI's ``--reason`` is.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from gateway import services as sv
 from gateway.api import schemas
 from gateway.api.auth import Principal, require
 from gateway.api.common import AUTH_ERRORS, MAX_ID, Paging, errors, pagination, parse_ref, ref_pattern, runtime, urls
+from gateway.api.errors import bad_request
 from gateway.queue.states import TaskStatus
 from gateway.queue.steer import steer
 from gateway.storage.db import transaction
@@ -71,10 +73,18 @@ async def get_task(request: Request, principal: Principal = Depends(require("tas
 
 def _steering(action: str, summary: str):
     async def endpoint(
-        request: Request, principal: Principal = Depends(require("task.edit")), task_id: int = Path(..., ge=0, le=MAX_ID)
+        request: Request,
+        principal: Principal = Depends(require("task.edit")),
+        task_id: int = Path(..., ge=0, le=MAX_ID),
+        body: schemas.SteerRequest | None = Body(None),
     ):
         rt = runtime(request)
-        await steer(rt.sessions, task_id, action, actor=principal.actor, organization_id=principal.organization_id)
+        reason = (body.reason or "").strip() if body else ""
+        if "\x00" in reason:  # PostgreSQL text cannot hold it
+            raise bad_request("reason: must not contain NUL characters")
+        await steer(
+            rt.sessions, task_id, action, actor=principal.actor, reason=reason or None, organization_id=principal.organization_id
+        )
         if action == "retry":
             # Queued again: wake the workers as a fresh ingest would.
             for callback in rt.ingestor.on_tasks_created:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.errors import IllegalTransition, NotFound
-from gateway.observability import TASK_TRANSITIONS, get_logger
+from gateway.observability import get_logger
 from gateway.queue.states import TaskStatus, check_transition
 from gateway.storage import models as m
 from gateway.storage.db import transaction
@@ -37,12 +37,15 @@ STEERABLE_FROM: dict[str, frozenset[TaskStatus]] = {
 
 def transition(s: AsyncSession, task: m.Task, target: str, *, actor: str, reason: str | None = None, **fields) -> None:
     """Move ``task`` to ``target`` (IllegalTransition if the diagram forbids it)."""
+    # Plain strings: an enum here would show as <TaskStatus.X: 'x'> in the 409 detail.
+    target = str(target)
     check_transition(task.status, target)
-    s.add(m.TaskEvent(task_id=task.id, from_status=task.status, to_status=str(target), actor=actor, reason=reason))
-    task.status = str(target)
+    s.add(m.TaskEvent(task_id=task.id, from_status=task.status, to_status=target, actor=actor, reason=reason))
+    task.status = target
     for k, v in fields.items():
         setattr(task, k, v)
-    TASK_TRANSITIONS.labels(str(target)).inc()
+    # No process counter here: /metrics counts transitions from task_events, so
+    # those made by the CLI or another instance are counted too.
     log.info("task.transition", task_id=task.id, upload_id=task.upload_id, to_status=str(target), actor=actor)
 
 
@@ -73,7 +76,7 @@ async def steer(
     async with transaction(sessions) as s:
         task = await _locked_task(s, task_id, organization_id)
         if task.status not in STEERABLE_FROM[action]:
-            raise IllegalTransition(task.status, target)
+            raise IllegalTransition(str(task.status), str(target))
         fields = {}
         if action == "retry":
             # A person asked for another go: start the attempt count afresh
