@@ -1,13 +1,17 @@
 """The `gateway` command: parse arguments, call services, print (or --json).
 
-Exit status: 0 success, 1 the command ran but something it did failed (a message
-rejected, a task in the wrong state, not found), 2 bad usage or configuration.
+Exit status: 0 success; 1 the command ran but something it did failed (a message
+rejected, a task in the wrong state, not found); 2 bad usage or configuration;
+75 the database or blob storage is unavailable (temporary: try again later).
+Under ``--json`` an error is one ``{"detail", "code"}`` object on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import sys
 from functools import wraps
 from typing import Any
@@ -15,53 +19,142 @@ from typing import Any
 import click
 
 from gateway.config import load_settings
-from gateway.errors import ConfigError, GatewayError
-from gateway.observability import configure_logging
+from gateway.errors import ConfigError, GatewayError, StorageUnavailable, TemporaryError
+from gateway.observability import configure_logging, get_logger
+
+log = get_logger()
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL, as the command processor uses it
 
 
 def _dump(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+class CliError(click.ClickException):
+    """An error as the user sees it: ``error: ...`` or, under --json, ``{"detail", "code"}``."""
+
+    def __init__(self, detail: str, code: str, exit_code: int, as_json: bool) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.exit_code = exit_code
+        self.as_json = as_json
+
+    def show(self, file=None) -> None:
+        if self.as_json:
+            click.echo(_dump({"detail": self.message, "code": self.code}), err=True)
+        else:
+            click.echo(f"error: {self.message}", err=True)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _as_cli_error(e: Exception, as_json: bool) -> CliError:
+    from gateway.storage.db import as_database_error
+
+    if isinstance(e, ConfigError):
+        return CliError(str(e), "config_error", EXIT_USAGE, as_json)
+    err = as_database_error(e)
+    if err is not e or isinstance(e, (ConnectionError, socket.gaierror, TimeoutError)):
+        # A refused connection or an unknown host: the database is the only
+        # server these commands reach (`check` reports its own).
+        detail = str(err) if err is not e else f"database unavailable: {_one_line(e)}"
+        return CliError(detail, "database_unavailable", EXIT_TEMPFAIL, as_json)
+    if isinstance(e, StorageUnavailable):
+        return CliError(str(e), "storage_unavailable", EXIT_TEMPFAIL, as_json)
+    if isinstance(e, TemporaryError):
+        return CliError(str(e), "database_unavailable", EXIT_TEMPFAIL, as_json)
+    if isinstance(e, GatewayError):
+        return CliError(str(e), e.code, EXIT_FAILED, as_json)
+    return CliError(f"{type(e).__name__}: {_one_line(e)}", "error", EXIT_FAILED, as_json)
+
+
+@contextlib.contextmanager
+def cli_errors(as_json: bool):
+    """Turn what a command body raises into a CliError (message, code, exit status)."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as e:
+        # The traceback helps only when something unexpected broke; keep it
+        # for `[logging] level = "debug"` instead of every error message.
+        log.debug("cli.failed", exc_info=True)
+        raise _as_cli_error(e, as_json) from e
+
+
 def run_async(fn):
-    """Run an async command body; map gateway errors to a message and exit status."""
+    """Run an async command body; map its errors to a message and exit status."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with cli_errors(kwargs.get("as_json", False)):
             return asyncio.run(fn(*args, **kwargs))
-        except ConfigError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except GatewayError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
 
     return wrapper
 
 
+def _wants_json(args: list[str]) -> bool:
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+class GatewayGroup(click.Group):
+    """The top group: under --json, click's own usage errors are JSON objects too."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        self._json = _wants_json(list(args))
+        with self._usage_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx):
+        with self._usage_errors():
+            return super().invoke(ctx)
+
+    @contextlib.contextmanager
+    def _usage_errors(self):
+        try:
+            yield
+        except CliError:
+            raise
+        except click.ClickException as e:
+            if not getattr(self, "_json", False):
+                raise
+            code = "usage_error" if isinstance(e, click.UsageError) else "error"
+            raise CliError(e.format_message(), code, e.exit_code, True) from e
+
+
+LOG_FORMATS = {"auto": "auto", "text": "console", "json": "json"}
+
+
 class Ctx:
-    def __init__(self, config: str | None) -> None:
+    def __init__(self, config: str | None, log_format: str | None = None) -> None:
         self.config_path = config
+        self.log_format = LOG_FORMATS[log_format] if log_format else None
         self._settings = None
 
     @property
     def settings(self):
         if self._settings is None:
-            try:
-                self._settings = load_settings(self.config_path)
-            except ConfigError as e:
-                click.echo(f"error: {e}", err=True)
-                sys.exit(2)
-            configure_logging(self._settings.logging.format, self._settings.logging.level)
+            settings = load_settings(self.config_path)  # ConfigError: the command's wrapper reports it
+            if self.log_format:
+                # Commands that reconfigure logging (replay) read it from the settings.
+                logging_ = settings.logging.model_copy(update={"format": self.log_format})
+                settings = settings.model_copy(update={"logging": logging_})
+            configure_logging(settings.logging.format, settings.logging.level)
+            self._settings = settings
         return self._settings
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (errors too, on stderr).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GatewayGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config",
@@ -69,10 +162,20 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
     default=None,
     help="Config file (default: $GATEWAY_CONFIG, then ./config.toml).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(list(LOG_FORMATS)),
+    envvar="GATEWAY_LOG_FORMAT",
+    default=None,
+    help="Log lines (on stderr): text, json, or auto (text on a terminal, JSON otherwise). "
+    "Default: $GATEWAY_LOG_FORMAT, then [logging] format of the config.",
+)
 @click.pass_context
-def main(click_ctx: click.Context, config: str | None) -> None:
+def main(click_ctx: click.Context, config: str | None, log_format: str | None) -> None:
     """Email-ingestion gateway."""
-    click_ctx.obj = Ctx(config)
+    click_ctx.obj = Ctx(config, log_format)
+    # Until the config is read: stderr, never stdout (stdout carries --json output).
+    configure_logging(click_ctx.obj.log_format or "auto", "info")
 
 
 # --- serve ----------------------------------------------------------------------------
@@ -84,7 +187,9 @@ def serve(ctx: Ctx) -> None:
     """Run what the config enables (SMTP, IMAP, workers, HTTP API) until SIGTERM."""
     from gateway.daemon import run_daemon
 
-    sys.exit(run_daemon(ctx.settings))
+    with cli_errors(False):
+        settings = ctx.settings
+    sys.exit(run_daemon(settings))
 
 
 # --- check ----------------------------------------------------------------------------
@@ -120,23 +225,63 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="heads", show_default=True)
+@click.option(
+    "--revision", default="heads", show_default=True, help="Alembic revision to upgrade to (heads: the latest of all)."
+)
+@json_option
 @pass_ctx
 @run_async
-async def db_upgrade(ctx: Ctx, revision: str) -> None:
-    """Apply migrations (Alembic)."""
+async def db_upgrade(ctx: Ctx, revision: str, as_json: bool) -> None:
+    """Apply database migrations (Alembic) and print the revision reached."""
+    from sqlalchemy.engine import make_url
+
     from gateway.storage import db as dbm
 
-    engine = dbm.create_engine(ctx.settings.storage.database_url)
+    url = ctx.settings.storage.database_url
+    engine = dbm.create_engine(url)
     try:
         await dbm.upgrade(engine, revision)
         current, head = await dbm.migration_state(engine)
     finally:
         await engine.dispose()
+    if as_json:
+        click.echo(
+            _dump(
+                {
+                    "revisions": sorted(current),
+                    "heads": sorted(head),
+                    "database": make_url(url).render_as_string(hide_password=True),
+                }
+            )
+        )
+        return
     click.echo(f"database at revision {', '.join(sorted(current))} (code: {', '.join(sorted(head))})")
 
 
 # --- replay ---------------------------------------------------------------------------
+
+
+# Text mode lists at most this many skipped files; --json lists every one.
+_SKIPPED_SHOWN = 100
+
+
+def _replay_progress():
+    """A bar with count/total, messages per second and time left (on stderr, gone when done)."""
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?/s" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TextColumn("eta"), TimeRemainingColumn(),
+        transient=True,
+    )
 
 
 @main.command()
@@ -147,7 +292,11 @@ async def db_upgrade(ctx: Ctx, revision: str) -> None:
 @pass_ctx
 @run_async
 async def replay(ctx: Ctx, paths: tuple[str, ...], queue: str | None, concurrency: int, as_json: bool) -> None:
-    """Ingest .eml files, folders (recursive) and mbox files."""
+    """Ingest mail files, Maildirs, mbox files and folders of them (recursive).
+
+    A file is a mail by its content (a header block), whatever its name; other
+    files are listed as skipped with a reason.
+    """
     from gateway.ingress.replay import replay as do_replay
     from gateway.runtime import open_runtime
 
@@ -155,23 +304,37 @@ async def replay(ctx: Ctx, paths: tuple[str, ...], queue: str | None, concurrenc
     if queue and settings.queue(queue) is None:
         raise ConfigError(f"unknown queue {queue!r}; the config has: {', '.join(q.name for q in settings.queues)}")
     counts = {"created": 0, "duplicate": 0, "rejected": 0, "error": 0}
+    skipped = 0
+    skipped_shown: list[str] = []
     progress = None
+    on_total = None
     if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
-
         # The line per message already says what happened; info logs would
         # tear the progress bar apart on a terminal.
         if settings.logging.level in ("debug", "info"):
             configure_logging(settings.logging.format, "warning")
-        progress = Progress(transient=True)
+        progress = _replay_progress()
         bar = progress.add_task("replaying", total=None)
+
+        def on_total(n: int) -> None:
+            progress.update(bar, total=n)
+
         progress.start()
     try:
         async with open_runtime(settings) as rt:
-            async for outcome in do_replay(rt.ingestor, list(paths), queue=queue, concurrency=concurrency):
-                counts[outcome.status] += 1
+            outcomes = do_replay(rt.ingestor, list(paths), queue=queue, concurrency=concurrency, on_total=on_total)
+            async for outcome in outcomes:
                 if progress:
                     progress.advance(bar)
+                if outcome.status == "skipped":
+                    skipped += 1
+                    if as_json:
+                        click.echo(_dump(outcome.as_dict()))
+                    elif len(skipped_shown) < _SKIPPED_SHOWN:
+                        detail = f" ({outcome.error})" if outcome.error else ""
+                        skipped_shown.append(f"{'skipped':9} {outcome.path}  {outcome.reason}{detail}")
+                    continue
+                counts[outcome.status] += 1
                 if as_json:
                     click.echo(_dump(outcome.as_dict()))
                 else:
@@ -185,12 +348,19 @@ async def replay(ctx: Ctx, paths: tuple[str, ...], queue: str | None, concurrenc
     finally:
         if progress:
             progress.stop()
+    # Skipped files come after the messages, next to the summary that counts them,
+    # rather than scattered among a long run's lines.
+    for line in skipped_shown:
+        click.echo(line)
+    if skipped > len(skipped_shown):
+        click.echo(f"... and {skipped - len(skipped_shown)} more skipped (--json lists every one)")
     total = sum(counts.values())
-    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    if not as_json:
-        click.echo(f"{total} messages: {summary}")
-    else:
-        click.echo(f"{total} messages: {summary}", err=True)
+    summary = f"{total} messages: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    if skipped:
+        summary += f"; {skipped} files skipped"
+    click.echo(summary, err=as_json)
+    if not total:
+        raise CliError(f"no mail found under {', '.join(paths)}", "no_mail", EXIT_FAILED, as_json)
     if counts["rejected"] or counts["error"]:
         sys.exit(1)
 
@@ -206,18 +376,29 @@ def _urls(settings):
 
 @main.group()
 def uploads() -> None:
-    """Look at uploads."""
+    """Look at uploads and move them between queues."""
+
+
+UPLOAD_STATUSES = ["processing", "reviewing", "completed", "failed", "partial"]
 
 
 @uploads.command("list")
-@click.option("--queue")
-@click.option("--status", type=click.Choice(["processing", "reviewing", "completed", "failed", "partial"]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--before", "cursor", type=int, help="Only uploads with an id below this (paging).")
+@click.option("--queue", metavar="NAME", help="Only the uploads of this queue.")
+@click.option(
+    "--status",
+    type=click.Choice(UPLOAD_STATUSES),
+    help="Only uploads in this status (derived from their tasks: partial = some failed, none pending).",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000), help="At most this many.")
+@click.option("--before", "cursor", type=int, metavar="ID", help="Only uploads with an id below this (paging).")
 @json_option
 @pass_ctx
 @run_async
 async def uploads_list(ctx: Ctx, queue, status, limit, cursor, as_json) -> None:
+    """List uploads, newest first: id, status, queue, creation time, name.
+
+    With --json, one object per line (the HTTP API's representation).
+    """
     from gateway import services as sv
     from gateway.runtime import open_runtime
 
@@ -241,6 +422,11 @@ async def uploads_list(ctx: Ctx, queue, status, limit, cursor, as_json) -> None:
 @pass_ctx
 @run_async
 async def uploads_show(ctx: Ctx, upload_id: int, as_json: bool) -> None:
+    """Show one upload: its metadata, email, documents and their tasks.
+
+    Each document with its id, kind, filename, content type, size, sha256 and the
+    document it duplicates; each task with its id, status, attempts and last error.
+    """
     from gateway import services as sv
     from gateway.runtime import open_runtime
 
@@ -255,20 +441,68 @@ async def uploads_show(ctx: Ctx, upload_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(_dump(d))
         return
-    click.echo(f"upload {u.id}: {u.name}")
-    click.echo(f"  queue    {u.queue.name}")
-    click.echo(f"  status   {status.value}")
-    click.echo(f"  created  {d['created_at']}")
+    for line in _upload_lines(u, status.value, d, email, docs, tasks):
+        click.echo(line)
+
+
+def _upload_lines(u, status: str, d: dict, email, docs, tasks) -> list[str]:
+    lines = [
+        f"upload {u.id}: {u.name}",
+        f"  queue     {u.queue.name}",
+        f"  status    {status}",
+        f"  created   {d['created_at']}",
+        f"  metadata  {_dump(u.meta) if u.meta else '-'}",
+    ]
     if email is not None:
-        click.echo(f"  email    {email.id} from {email.from_addr} ({email.source}, {email.size} bytes)")
+        lines.append(f"  email     {email.id} from {email.from_addr} ({email.source}, {email.size} bytes)")
         if email.defects:
-            click.echo(f"  defects  {'; '.join(email.defects[:5])}")
-    tasks_by_doc = {t.document_id: t for t in tasks}
+            lines.append(f"  defects   {'; '.join(email.defects[:5])}")
+    tasks_by_doc: dict[int | None, list] = {}
+    for t in tasks:
+        tasks_by_doc.setdefault(t.document_id, []).append(t)
+
+    def task_line(t) -> str:
+        err = f", last error: {t.last_error}" if t.last_error else ""
+        return f"      task {t.id}: {t.status}, {t.attempts} attempt(s){err}"
+
     for doc in docs:
-        t = tasks_by_doc.get(doc.id)
-        task = f"task {t.id} {t.status}" if t else "(with body)"
-        dup = f" duplicate of document {doc.duplicate_of}" if doc.duplicate_of else ""
-        click.echo(f"  - {doc.kind:10} {doc.filename} [{doc.content_type}, {doc.size} B] {task}{dup}")
+        lines.append(f"  document {doc.id}: {doc.kind} {doc.filename!r} [{doc.content_type}, {doc.size} B]")
+        lines.append(f"      sha256 {doc.sha256}")
+        if doc.duplicate_of:
+            lines.append(f"      duplicate of document {doc.duplicate_of}")
+        lines.extend(task_line(t) for t in tasks_by_doc.pop(doc.id, []))
+    for t in (t for rest in tasks_by_doc.values() for t in rest):  # a task whose document is not this upload's
+        lines.append(task_line(t).replace("      ", "  ", 1) + f" (document {t.document_id})")
+    return lines
+
+
+@uploads.command("move")
+@click.argument("upload_id", type=int)
+@click.option("--queue", "queue_name", required=True, metavar="NAME", help="The target queue (same organization).")
+@json_option
+@pass_ctx
+@run_async
+async def uploads_move(ctx: Ctx, upload_id: int, queue_name: str, as_json: bool) -> None:
+    """Move an upload and its tasks to another queue of the same organization.
+
+    As the API's PUT /uploads/{id}/move: tasks keep their state; queued ones are
+    then run by the new queue's processors.
+    """
+    from gateway import services as sv
+    from gateway.runtime import open_runtime
+    from gateway.storage.db import transaction
+
+    async with open_runtime(ctx.settings) as rt:
+        async with transaction(rt.sessions) as s:
+            u = await sv.move_upload_to(s, upload_id, queue_name)
+            await s.flush()
+            status = (await sv.statuses_of(s, [u.id]))[u.id]
+            d = sv.upload_dict(u, _urls(ctx.settings), status)
+    log.info("cli.upload_moved", upload_id=upload_id, queue=queue_name)
+    if as_json:
+        click.echo(_dump(d))
+    else:
+        click.echo(f"upload {upload_id} moved to queue {queue_name} ({status.value})")
 
 
 @main.group()
@@ -276,16 +510,23 @@ def tasks() -> None:
     """Look at and steer tasks."""
 
 
+TASK_STATUSES = ["queued", "processing", "reviewing", "completed", "failed", "discarded"]
+
+
 @tasks.command("list")
-@click.option("--status", type=click.Choice(["queued", "processing", "reviewing", "completed", "failed", "discarded"]))
-@click.option("--queue")
-@click.option("--upload", "upload_id", type=int)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--before", "cursor", type=int)
+@click.option("--status", type=click.Choice(TASK_STATUSES), help="Only tasks in this state.")
+@click.option("--queue", metavar="NAME", help="Only the tasks of this queue.")
+@click.option("--upload", "upload_id", type=int, metavar="ID", help="Only the tasks of this upload.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000), help="At most this many.")
+@click.option("--before", "cursor", type=int, metavar="ID", help="Only tasks with an id below this (paging).")
 @json_option
 @pass_ctx
 @run_async
 async def tasks_list(ctx: Ctx, status, queue, upload_id, limit, cursor, as_json) -> None:
+    """List tasks, newest first: id, state, upload, attempts and the last error.
+
+    With --json, one object per line (the HTTP API's representation).
+    """
     from gateway import services as sv
     from gateway.runtime import open_runtime
 
@@ -310,6 +551,7 @@ async def tasks_list(ctx: Ctx, status, queue, upload_id, limit, cursor, as_json)
 @pass_ctx
 @run_async
 async def tasks_show(ctx: Ctx, task_id: int, as_json: bool) -> None:
+    """Show one task: its state, attempts, last error, result and history of state changes."""
     from gateway import services as sv
     from gateway.runtime import open_runtime
 
@@ -324,6 +566,8 @@ async def tasks_show(ctx: Ctx, task_id: int, as_json: bool) -> None:
     click.echo(f"task {t.id}: {t.status} (upload {t.upload_id}, document {t.document_id}, attempts {t.attempts})")
     if t.last_error:
         click.echo(f"  last error: {t.last_error}")
+    if t.result is not None:
+        click.echo(f"  result: {_dump(t.result)}")
     for e in d["history"]:
         click.echo(f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  by {e['by']}  {e['reason'] or ''}")
 
@@ -379,10 +623,12 @@ def _steer_command(action: str, summary: str):
                     t = await steer(rt.sessions, task_id, action, actor=actor, reason=reason)
                 except (ConflictStatus, NotFound) as e:
                     errors += 1
+                    detail = str(e)
                     if isinstance(e, ConflictStatus) and getattr(e, "current", None):
                         allowed = " or ".join(sorted(x.value for x in STEERABLE_FROM[action]))
-                        e = f"task {task_id} is {e.current}; {action} applies to {allowed} tasks only"
-                    click.echo(f"error: {e}", err=True)
+                        detail = f"task {task_id} is {e.current}; {action} applies to {allowed} tasks only"
+                    # One task's error does not stop the others: report it and go on.
+                    CliError(detail, e.code, EXIT_FAILED, as_json).show()
                     continue
                 if as_json:
                     click.echo(_dump(sv.task_dict(t, urls)))

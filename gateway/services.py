@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.errors import ConflictStatus, NotFound
+from gateway.errors import ConflictStatus, NotFound, PermanentError
 from gateway.queue.states import TaskStatus, UploadStatus, upload_status
 from gateway.storage import models as m
 
@@ -253,6 +253,20 @@ async def move_upload(s: AsyncSession, upload: m.Upload, queue: m.Queue) -> None
     await s.execute(update(m.Task).where(m.Task.upload_id == upload.id).values(queue_id=queue.id))
     upload.queue_id = queue.id
     upload.queue = queue
+
+
+async def move_upload_to(s: AsyncSession, upload_id: int, queue_name: str) -> m.Upload:
+    """The CLI's move, by queue name: the operator sees every organization, but an
+    upload still moves only to a queue of its own organization."""
+    upload = await get_upload(s, upload_id)
+    queue = await queue_by_name(s, queue_name)
+    if queue.organization_id != upload.organization_id:
+        raise PermanentError(
+            f"queue {queue_name!r} belongs to another organization than upload {upload_id}; "
+            "an upload moves only within its organization"
+        )
+    await move_upload(s, upload, queue)
+    return upload
 
 
 # --- representations (the shapes the API serves and `--json` prints) ---------------
