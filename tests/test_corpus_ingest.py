@@ -14,8 +14,10 @@ from sqlalchemy import select
 
 from gateway.ingress.replay import replay
 from gateway.storage import models as m
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, requires_corpus
 from tests.test_parse import CORPUS_EXCEPTIONS, independent_counts
+
+pytestmark = requires_corpus
 
 
 async def test_whole_corpus_replays_with_counted_attachment_tasks(runtime):

@@ -43,7 +43,9 @@ async def helpers(config):
 
 
 def _samples() -> list[bytes]:
-    files = sorted(FIXTURES.glob("*.eml")) + sorted(CORPUS.rglob("*.eml"))[::25]
+    # The corpus slice only where the corpus is (a bare clone has none).
+    corpus = sorted(CORPUS.rglob("*.eml"))[::25] if CORPUS.is_dir() else []
+    files = sorted(FIXTURES.glob("*.eml")) + corpus
     return [p.read_bytes() for p in files]
 
 
@@ -52,7 +54,7 @@ async def test_helpers_give_what_the_thread_path_gives(config, helpers, tmp_path
     blob hashes from a helper process as from Preparer in this process."""
     local = Preparer(config, LocalBlobStore(tmp_path / "local-blobs"))
     samples = _samples()
-    assert len(samples) > 40
+    assert len(samples) > (40 if CORPUS.is_dir() else 20)
     for raw in samples:
         try:
             expected = local.prepare(raw, [], ["invoices"], sync=False)
