@@ -284,6 +284,32 @@ def _replay_progress():
     )
 
 
+# Text mode lists at most this many skipped files; --json lists every one.
+_SKIPPED_SHOWN = 100
+
+
+def _replay_progress():
+    """A bar with count/total, messages per second and time left (on stderr, gone when done)."""
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
+    )
+    from rich.console import Console
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?/s" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TextColumn("eta"), TimeRemainingColumn(),
+        # stderr: stdout carries the lines (often piped to a file while the bar shows).
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--queue", help="Ingest into this queue instead of routing by address.")
@@ -352,7 +378,7 @@ async def replay(ctx: Ctx, paths: tuple[str, ...], queue: str | None, concurrenc
     # rather than scattered among a long run's lines.
     for line in skipped_shown:
         click.echo(line)
-    if skipped > len(skipped_shown):
+    if not as_json and skipped > len(skipped_shown):
         click.echo(f"... and {skipped - len(skipped_shown)} more skipped (--json lists every one)")
     total = sum(counts.values())
     summary = f"{total} messages: " + ", ".join(f"{v} {k}" for k, v in counts.items())
