@@ -270,29 +270,6 @@ def _replay_progress():
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
     )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("?/s" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TextColumn("eta"), TimeRemainingColumn(),
-        transient=True,
-    )
-
-
-# Text mode lists at most this many skipped files; --json lists every one.
-_SKIPPED_SHOWN = 100
-
-
-def _replay_progress():
-    """A bar with count/total, messages per second and time left (on stderr, gone when done)."""
-    from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
-    )
     from rich.console import Console
     from rich.text import Text
 
