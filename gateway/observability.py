@@ -28,12 +28,17 @@ def _redact(_logger, _name, event_dict):
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
+    """``fmt``: "console" (or "text") human-readable, "json" one object per line,
+    "auto" the first on a terminal and the second otherwise (a pipe, the journal)."""
     stream = stream or sys.stderr
+    tty = stream.isatty()
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if tty else "json"
     renderer = (
-        structlog.dev.ConsoleRenderer()
-        if fmt == "console"
+        # Colour codes only where a terminal interprets them, not in a file
+        # someone forced text logs into.
+        structlog.dev.ConsoleRenderer(colors=tty)
+        if fmt in ("console", "text")
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
