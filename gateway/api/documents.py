@@ -20,16 +20,57 @@ router = APIRouter(tags=["documents"])
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}$")
 
 
-def content_disposition(filename: str, disposition: str = "attachment") -> str:
-    """RFC 6266: an ASCII fallback in ``filename=`` and the exact name in ``filename*``.
+# What keeps an original filename out of filename*: path separators, characters
+# Windows refuses, and controls (C0/C1, bidi overrides that disguise an
+# extension). Letters, digits, emoji and other symbols of any script are kept.
+_UNSAFE_IN_NAME = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]')
+_MAX_NAME_BYTES = 255
 
-    The fallback drops accents (NFKD) and replaces anything that could break out
-    of the quoted string or the header (quotes, backslashes, controls, non-ASCII).
-    """
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
-    ascii_name = re.sub(r'[^\x20-\x7e]|["\\%;]', "_", ascii_name).strip() or "download"
-    value = f'{disposition}; filename="{ascii_name}"'
-    if ascii_name != filename:
+
+def download_name(filename: str, original: str | None) -> str:
+    """The name a download offers: the name as sent when it is a safe single
+    file name, else the stored (sanitized) one.
+
+    The stored name replaces symbols too (emoji, "№", "€"), which a download
+    need not do: the browser writes the file, not the gateway."""
+    if (
+        original
+        and original == original.strip(". ")
+        and not _UNSAFE_IN_NAME.search(original)
+        and len(original.encode("utf-8")) <= _MAX_NAME_BYTES
+    ):
+        return unicodedata.normalize("NFC", original)
+    return filename
+
+
+def ascii_fallback(name: str, default_stem: str = "download") -> str:
+    """``name`` in printable ASCII for ``filename=``: accents dropped (NFKD),
+    anything else unrepresentable as one ``_``, and ``default_stem`` when no
+    letter or digit survives (a CJK name must not become ".pdf")."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+
+    def to_ascii(text: str) -> str:
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in text if not unicodedata.combining(ch))
+        return re.sub(r'(?:[^\x20-\x7e]|["\\%;])+', "_", text)
+
+    stem = to_ascii(stem).strip(" _.")
+    ext = to_ascii(ext)
+    if not re.fullmatch(r"[A-Za-z0-9]{1,10}", ext):
+        ext = ""
+    if not re.search(r"[A-Za-z0-9]", stem):
+        stem = default_stem
+    return f"{stem}.{ext}" if ext else stem
+
+
+def content_disposition(filename: str, disposition: str = "attachment", *, default_stem: str = "download") -> str:
+    """RFC 6266: an ASCII fallback in ``filename=`` for clients that know no
+    better, and the exact name, percent-encoded UTF-8 (RFC 5987), in ``filename*``."""
+    fallback = ascii_fallback(filename, default_stem)
+    value = f'{disposition}; filename="{fallback}"'
+    if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return value
 
@@ -78,7 +119,9 @@ async def get_document_content(
         path,
         media_type=safe_media_type(doc.content_type),
         headers={
-            "Content-Disposition": content_disposition(doc.filename),
+            "Content-Disposition": content_disposition(
+                download_name(doc.filename, doc.original_filename), default_stem=f"document-{document_id}"
+            ),
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox",
         },

@@ -4,7 +4,8 @@ Creation goes through ``Ingestor.ingest_files``, the same core as mail. The body
 is never read past ``http.max_upload_size``: a Content-Length above it is answered
 413 before a byte of the body is read, and a chunked body is counted as it
 streams and cut off at the limit. The multipart parser is fed from that counting
-stream, so it cannot buffer an unbounded body either.
+stream, so it cannot buffer an unbounded body either. An empty file is a 400:
+it would be a task with nothing to process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gateway.api.errors import ApiError, bad_request
 from gateway.ingest import UploadFile
 from gateway.observability import get_logger
 from gateway.queue.states import UploadStatus
+from gateway.sniff import sniff_content_type
 from gateway.storage.db import transaction
 
 log = get_logger()
@@ -110,6 +112,22 @@ def _strict_json(text: str):
     return json.loads(text, parse_float=_finite, parse_constant=_reject_constant)
 
 
+# Types that say nothing about the bytes: curl's default for --data-binary
+# (application/x-www-form-urlencoded), the generic octet-stream, none at all.
+# Stored as declared, they would reach webhooks and downloads as the document's type.
+_UNINFORMATIVE_TYPES = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
+
+
+def _file(filename: str | None, declared: str | None, data: bytes) -> UploadFile:
+    """An UploadFile whose type is the sniffed one when the declared one is uninformative."""
+    if not data:
+        raise bad_request(f"{filename or 'a file'}: empty (0 bytes)")
+    ctype = declared
+    if (declared or "").split(";")[0].strip().lower() in _UNINFORMATIVE_TYPES:
+        ctype = sniff_content_type(data) or "application/octet-stream"
+    return UploadFile(filename, ctype, data)
+
+
 def _text(value: str | None, field: str) -> str | None:
     # A NUL cannot be stored in a PostgreSQL text column; refuse it up front.
     if value is not None and "\x00" in value:
@@ -135,10 +153,10 @@ async def _read_multipart(request: Request, limit: int) -> tuple[list[UploadFile
             if key in FILE_FIELDS:
                 if isinstance(value, StarletteUploadFile):
                     data = await value.read()
-                    files.append(UploadFile(_text(value.filename, "filename"), value.content_type, data))
+                    files.append(_file(_text(value.filename, "filename"), value.content_type, data))
                 else:
                     # A part without a filename arrives as text; keep it as a file.
-                    files.append(UploadFile(None, "text/plain", value.encode("utf-8")))
+                    files.append(_file(None, "text/plain", value.encode("utf-8")))
             elif key == "name":
                 if not isinstance(value, str):
                     raise bad_request("name: expected a text field")
@@ -244,8 +262,8 @@ async def create_upload_raw(
     filename, name = _text(filename, "filename"), _text(name, "name")
     async with _body_slots(request):
         data = b"".join([chunk async for chunk in limited_body(request, limit)])
-        ctype = request.headers.get("content-type") or "application/octet-stream"
-        return await _create(request, principal, queue_name, [UploadFile(filename, ctype, data)], name, None)
+        file = _file(filename, request.headers.get("content-type"), data)
+        return await _create(request, principal, queue_name, [file], name, None)
 
 
 @router.get(
