@@ -62,16 +62,19 @@ def test_replay_json_then_duplicate_then_show(cfg, tmp_path):
     (mails / "sub").mkdir(parents=True)
     (mails / "a.eml").write_bytes(make_mail(msgid="<a@x>"))
     (mails / "sub" / "b.eml").write_bytes(make_mail(msgid="<b@x>", to="receipts@ap.example.com"))
-    (mails / "notes.txt").write_text("not a mail, not picked up")
+    (mails / "notes.txt").write_text("not a mail, listed as skipped")
 
     p = gw(cfg, "replay", str(mails), "--json")
     lines = [json.loads(x) for x in p.stdout.splitlines()]
-    assert sorted(x["status"] for x in lines) == ["created", "created"]
+    assert sorted(x["status"] for x in lines) == ["created", "created", "skipped"]
+    skipped = [x for x in lines if x["status"] == "skipped"]
+    assert [(Path(x["path"]).name, x["reason"]) for x in skipped] == [("notes.txt", "not_a_mail")]
+    lines = [x for x in lines if x["status"] != "skipped"]
     by_path = {Path(x["path"]).name: x for x in lines}
     assert set(by_path) == {"a.eml", "b.eml"}
     assert by_path["b.eml"]["uploads"][0]["queue"] == "receipts"
     assert len(by_path["a.eml"]["uploads"][0]["tasks"]) == 2
-    assert set(lines[0]) == {"path", "status", "uploads", "error"}
+    assert set(lines[0]) == {"path", "status", "uploads", "error", "reason"}
 
     again = gw(cfg, "replay", str(mails / "a.eml"), "--json")
     (line,) = [json.loads(x) for x in again.stdout.splitlines()]
