@@ -20,7 +20,7 @@ run: venv
 
 test: venv
 	./scripts/test-deps.sh
-	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-4} -p no:cacheprovider -rs --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-4} -p no:cacheprovider -rfEs --durations=15 $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python bench/smtp_ingest.py
