@@ -449,10 +449,25 @@ def _decode_bytes(data: bytes, hints: tuple[str, ...]) -> tuple[str, str | None]
             text = _truncated(data, codec)
             if text is not None:
                 return text, None
-    detected = _detect(data)
-    if detected is not None:
-        return detected
-    return data.decode("latin-1"), None
+    # UTF-8 cut mid-character inside the value (Yahoo truncates a name's
+    # stem and keeps its extension) reads better with one replacement
+    # character than as any guess.
+    high = sum(b > 127 for b in data)
+    lossy = data.decode("utf-8", "replace")
+    bad = lossy.count("\ufffd")
+    if bad <= 2 and bad * 10 < high:
+        return lossy, None
+    # The detector guesses wildly on a few 8-bit bytes ("caf\xe9" came out
+    # as CP1006, Urdu); below this many the Western default is likelier.
+    if high >= _DETECT_MIN_HIGH_BYTES:
+        detected = _detect(data)
+        if detected is not None:
+            return detected
+    text = _strict(data, "cp1252")
+    return (text, None) if text is not None else (data.decode("latin-1"), None)
+
+
+_DETECT_MIN_HIGH_BYTES = 8
 
 
 def _canonical_or_none(charset: str) -> str | None:

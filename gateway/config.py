@@ -161,6 +161,14 @@ class QueueSettings(_Section):
     addresses: list[str] = []
     review: bool = False
     processors: list[Processor] = []
+    # Which rendering of a multipart/alternative body the body task gets; the
+    # other is stored too (kind "alternative").
+    body_format: Literal["html", "text"] = "html"
+    # "non_empty": a body task only when the body has visible text.
+    body_task: Literal["always", "non_empty", "never"] = "non_empty"
+    # "open": a forwarded message's body and files become documents and tasks;
+    # "keep": the forwarded .eml itself is the task.
+    forwarded: Literal["open", "keep"] = "open"
 
     @field_validator("addresses")
     @classmethod

@@ -42,6 +42,8 @@ from typing import NamedTuple
 from gateway import parse
 from gateway.errors import NoRoute, TemporaryError
 from gateway.observability import get_logger
+from gateway.pipeline import PREPARE_STEPS, MailContext
+from gateway.policy import QueuePolicy
 from gateway.routing import Route, Router
 from gateway.storage import blobs as blobs_mod
 from gateway.storage.blobs import LocalBlobStore
@@ -65,6 +67,7 @@ class PreparerConfig:
     root: str
     max_depth: int
     queues: tuple[tuple[str, tuple[str, ...]], ...]
+    policies: tuple[tuple[str, QueuePolicy], ...] = ()
 
     @classmethod
     def from_settings(cls, settings) -> "PreparerConfig":
@@ -72,24 +75,27 @@ class PreparerConfig:
             root=str(settings.storage.root),
             max_depth=settings.storage.max_nesting_depth,
             queues=tuple((q.name, tuple(q.addresses)) for q in settings.queues),
+            policies=tuple((q.name, QueuePolicy.from_settings(q)) for q in settings.queues),
         )
 
 
-@dataclass
-class Prepared:
-    parsed: parse.ParsedMail
-    routes: list[Route]
-    raw_sha: str
-    docs: list[tuple[parse.ParsedDocument, str]]  # each document and its sha256
-    unsynced: bool = False  # blobs written by a helper, to be flushed by the parent
+# What a prepare hands to the commit: the pipeline's context.
+Prepared = MailContext
 
 
 class Preparer:
+    """Runs the pipeline's prepare steps (``pipeline.PREPARE_STEPS``)."""
+
     def __init__(self, config: PreparerConfig, blobs: LocalBlobStore | None = None) -> None:
         self.max_depth = config.max_depth
         self.blobs = blobs or LocalBlobStore(config.root)
         self.router = Router([_Queue(n, list(a)) for n, a in config.queues])
         self.queue_names = {n for n, _ in config.queues}
+        self._policies = dict(config.policies)
+        self.sync_blobs = False
+
+    def policy(self, queue: str) -> QueuePolicy:
+        return self._policies.get(queue) or QueuePolicy()
 
     def routes(self, parsed: parse.ParsedMail, rcpt_to: list[str], queues: list[str] | None) -> list[Route]:
         if queues:
@@ -106,12 +112,12 @@ class Preparer:
         return routes
 
     def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, sync: bool) -> Prepared:
-        """Parse, route (NoRoute before any blob is written), write the blobs."""
-        parsed = parse.parse_message(raw, max_depth=self.max_depth)
-        routes = self.routes(parsed, rcpt_to, queues)
-        raw_sha = self.blobs.put_sync(raw, sync=sync)
-        docs = [(d, self.blobs.put_sync(d.data, sync=sync)) for d in parsed.documents]
-        return Prepared(parsed, routes, raw_sha, docs)
+        """Parse, route (NoRoute before any blob is written), plan, write the blobs."""
+        self.sync_blobs = sync
+        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues)
+        for step in PREPARE_STEPS:
+            step(ctx, self)
+        return ctx
 
 
 # --- the parent's side -------------------------------------------------------------
@@ -320,6 +326,7 @@ def main() -> None:
         try:
             result = preparer.prepare(raw, rcpt_to, queues, sync=sync)
             result.unsynced = not sync
+            result.raw = b""  # the parent has it: not worth sending back
             data = _answer(rid, True, result)
         except Exception as e:
             data = _answer(rid, False, e)

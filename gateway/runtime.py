@@ -9,7 +9,9 @@ from typing import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
-from gateway.ingest import Ingestor, sync_config
+from gateway.config_sync import sync_config
+from gateway.ingest import Ingestor
+from gateway.queue import wakeup
 from gateway.storage import db
 from gateway.storage.blobs import LocalBlobStore
 
@@ -39,6 +41,10 @@ async def open_runtime(settings: Settings, *, migrate: bool | None = None, sync:
         if sync:
             await sync_config(sessions, settings)
         ingestor = Ingestor(sessions, blobs, settings)
+        # Every process that ingests (serve, replay, the API, the CLI) wakes the
+        # workers itself: in-process listeners, and NOTIFY on PostgreSQL for a
+        # daemon running elsewhere (SQLite's workers watch data_version).
+        wakeup.install(ingestor, engine)
         try:
             yield Runtime(settings, engine, sessions, blobs, ingestor)
         finally:

@@ -24,11 +24,13 @@ async def test_outlook_forward_as_attachment(runtime):
     _, docs, tasks, _ = await ingest_fixture(runtime, "outlook_forward_as_attachment.eml")
     kinds = [d.kind for d in docs]
     assert kinds[0] == "body"
+    # Opened (forwarded = "open"): the .eml is kept without a task; the
+    # forwarded mail's own body and its PDF are documents with tasks.
     fwd = next(d for d in docs if d.content_type == "message/rfc822")
-    assert fwd.kind == "attachment" and fwd.id in tasks
+    assert fwd.kind == "forwarded" and fwd.id not in tasks
     nested = [d for d in docs if d.kind == "nested"]
-    assert nested and all(d.parent_id == fwd.id and d.id in tasks for d in nested)
-    assert any(d.sniffed_type == "application/pdf" for d in nested)
+    assert len(nested) == 2 and all(d.parent_id == fwd.id and d.id in tasks for d in nested)
+    assert [d.sniffed_type for d in nested] == ["text/plain", "application/pdf"]
 
 
 async def test_inline_logo_stays_with_body(runtime):
@@ -72,9 +74,11 @@ async def test_redelivery_with_extra_received_header(runtime):
     assert second.upload_ids == first.upload_ids
 
 
-async def test_message_without_body_still_has_body_task(runtime):
+async def test_message_without_body_has_no_body_task(runtime):
+    # body_task = "non_empty" (the default): the body is stored, no task for it.
     _, docs, tasks, _ = await ingest_fixture(runtime, "no_body.eml")
-    assert docs[0].kind == "body" and docs[0].id in tasks
+    assert docs[0].kind == "body" and docs[0].size == 0 and docs[0].id not in tasks
+    assert not tasks  # and it has nothing else: an upload with no task (status "completed")
 
 
 async def test_broken_boundary_is_recorded_not_fatal(runtime):

@@ -105,6 +105,9 @@ class Email(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     defects: Mapped[list[str]] = mapped_column(JSON, default=list)
     auth_results: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The part ledger: every MIME part and its outcome (gateway.ledger).
+    # Empty for mail stored before the ledger existed.
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
 
 
 class Upload(Base):
@@ -133,7 +136,8 @@ class Document(Base):
     __table_args__ = (Index("ix_documents_sha256", "sha256"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id"), index=True)
-    # body, attachment, nested (found inside a forwarded message), inline (kept with the body)
+    # body, alternative (the other rendering of the body), inline (kept with the
+    # body), attachment, forwarded (an opened message/rfc822), nested (inside one)
     kind: Mapped[str] = mapped_column(String(16))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"))
     filename: Mapped[str] = mapped_column(Text)
@@ -144,6 +148,8 @@ class Document(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("documents.id"))
+    # Index of the document in its mail's parse (the part ledger's "document").
+    ordinal: Mapped[int | None] = mapped_column(Integer)
 
     upload: Mapped[Upload] = relationship(back_populates="documents", lazy="raise")
 

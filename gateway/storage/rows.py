@@ -150,12 +150,12 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 _EMAIL_COLS = (
     "fingerprint", "message_id", "from_addr", "to", "cc", "subject", "date", "received_at",
-    "source", "envelope", "raw_sha256", "size", "defects", "auth_results",
+    "source", "envelope", "raw_sha256", "size", "defects", "auth_results", "parts",
 )
 _UPLOAD_COLS = ("queue_id", "organization_id", "email_id", "name", "metadata", "created_at")
 _DOCUMENT_COLS = (
     "upload_id", "kind", "parent_id", "filename", "original_filename", "content_type",
-    "sniffed_type", "content_id", "size", "sha256", "duplicate_of",
+    "sniffed_type", "content_id", "size", "sha256", "duplicate_of", "ordinal",
 )
 _TASK_COLS = ("upload_id", "document_id", "queue_id", "status", "attempts", "created_at", "updated_at")
 _EVENT_COLS = ("task_id", "from_status", "to_status", "at", "actor", "reason")
@@ -198,6 +198,7 @@ class SqliteRows:
                 row["fingerprint"], row["message_id"], row["from_addr"], _js(row["to"]), _js(row["cc"]),
                 row["subject"], _ts(row["date"]), self.now(), row["source"], _js(row["envelope"]),
                 row["raw_sha256"], row["size"], _js(row["defects"]), _js(row["auth_results"]),
+                _js(row.get("parts", [])),
             ),
         )
 
@@ -226,7 +227,7 @@ class SqliteRows:
 
     def insert_documents(self, rows: list[dict]) -> list[int]:
         # One statement per row: RETURNING does not work with executemany.
-        return [self._one(_SQL_DOCUMENT, tuple(r[c] for c in _DOCUMENT_COLS)) for r in rows]
+        return [self._one(_SQL_DOCUMENT, tuple(r.get(c) for c in _DOCUMENT_COLS)) for r in rows]
 
     def insert_tasks(self, rows: list[dict]) -> list[int]:
         now = self.now()
@@ -252,7 +253,7 @@ def _database_error(e: sqlite3.Error) -> BaseException:
 
 
 class SqliteWriter:
-    """Group commit on one ``sqlite3`` connection (see ``Ingestor._write``).
+    """Group commit on one ``sqlite3`` connection (see ``storage.group_commit``).
 
     ``run_group(fns)`` runs each ``fn(rows)`` inside its own SAVEPOINT of one
     ``BEGIN IMMEDIATE`` transaction, then commits once; it returns ``(ok, value

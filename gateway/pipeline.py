@@ -1,0 +1,69 @@
+"""The ingest pipeline: named steps from raw bytes to committed rows.
+
+    parse (with the part ledger) → route → policy → store → commit → notify
+
+The first four are CPU and file work; they run off the event loop, in a
+helper process or a worker thread (``gateway.preparer``), one after the other
+over one ``MailContext``. ``commit`` (``gateway.commit``, all rows in one
+transaction) and ``notify`` (wake the workers, ``gateway.queue.wakeup``) run in
+the daemon's process, after the blobs are durable.
+
+A new step is a function ``step(ctx, env)`` put into ``PREPARE_STEPS`` at its
+place: a sender verdict goes after ``route`` and marks plans ``reviewing``
+from ``policy`` on; an archive opener extends the documents after ``parse``.
+Steps must be picklable module-level functions (helpers import this module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from gateway import parse
+from gateway.policy import DocPlan, plan_mail
+from gateway.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.preparer import Preparer
+
+
+@dataclass
+class MailContext:
+    """What the steps know about one mail; what the commit writes."""
+
+    raw: bytes
+    rcpt_to: list[str]
+    queues: list[str] | None  # forced queues (replay --queue, HTTP): no routing by address
+    parsed: parse.ParsedMail | None = None
+    routes: list[Route] = field(default_factory=list)
+    plans: dict[str, list[DocPlan]] = field(default_factory=dict)  # per queue name
+    raw_sha: str = ""
+    docs: list[tuple[parse.ParsedDocument, str]] = field(default_factory=list)  # with sha256
+    unsynced: bool = False  # blobs written by a helper, to be flushed by the parent
+
+
+Step = Callable[[MailContext, "Preparer"], None]
+
+
+def parse_step(ctx: MailContext, env: "Preparer") -> None:
+    ctx.parsed = parse.parse_message(ctx.raw, max_depth=env.max_depth)
+
+
+def route_step(ctx: MailContext, env: "Preparer") -> None:
+    """Raises NoRoute before anything is written."""
+    ctx.routes = env.routes(ctx.parsed, ctx.rcpt_to, ctx.queues)
+
+
+def policy_step(ctx: MailContext, env: "Preparer") -> None:
+    ctx.plans = {r.queue: plan_mail(ctx.parsed.documents, env.policy(r.queue)) for r in ctx.routes}
+
+
+def store_step(ctx: MailContext, env: "Preparer") -> None:
+    """The raw message and every document, content-addressed. Durable only
+    after the commit step's flush (see ``storage.blobs``)."""
+    sync = env.sync_blobs
+    ctx.raw_sha = env.blobs.put_sync(ctx.raw, sync=sync)
+    ctx.docs = [(d, env.blobs.put_sync(d.data, sync=sync)) for d in ctx.parsed.documents]
+
+
+PREPARE_STEPS: tuple[Step, ...] = (parse_step, route_step, policy_step, store_step)
