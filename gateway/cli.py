@@ -509,6 +509,45 @@ async def uploads_move(ctx: Ctx, upload_id: int, queue_name: str, as_json: bool)
 
 
 @main.group()
+def emails() -> None:
+    """Look at received emails and their part ledgers."""
+
+
+@emails.command("show")
+@click.argument("email_id", type=int)
+@json_option
+@pass_ctx
+@run_async
+async def emails_show(ctx: Ctx, email_id: int, as_json: bool) -> None:
+    """Show one email: its headers, uploads, and the part ledger (every MIME
+    part with its outcome: body, inline, alternative, document, container, or
+    skipped with a reason)."""
+    from gateway import services as sv
+    from gateway.runtime import open_runtime
+
+    async with open_runtime(ctx.settings) as rt:
+        async with rt.sessions() as s:
+            d = await sv.email_detail(s, email_id, None, _urls(ctx.settings))
+    if as_json:
+        click.echo(_dump(d))
+        return
+    click.echo(f"email {d['id']}: {d['subject'] or '(no subject)'}")
+    click.echo(f"  from      {d['from'] or '-'}")
+    click.echo(f"  received  {d['received_at']} ({d['source']}, {d['size']} bytes)")
+    click.echo(f"  uploads   {', '.join(u.rsplit('/', 1)[-1] for u in d['uploads']) or '-'}")
+    for defect in d["defects"][:5]:
+        click.echo(f"  defect    {defect}")
+    click.echo("  parts:")
+    if not d["parts"]:
+        click.echo("    (no ledger: stored before the part ledger existed)")
+    for p in d["parts"]:
+        outcome = f"{p['outcome']} ({p['reason']})" if p["reason"] else p["outcome"]
+        doc = f" -> document {p['document'].rsplit('/', 1)[-1]}" if p["document"] else ""
+        name = f" {p['filename']!r}" if p["filename"] else ""
+        click.echo(f"    {p['path']:<10} {p['content_type']:<32} {p['size']:>9}  {outcome}{name}{doc}")
+
+
+@main.group()
 def tasks() -> None:
     """Look at and steer tasks."""
 

@@ -305,6 +305,44 @@ def email_dict(e: m.Email, urls: Urls) -> dict:
     }
 
 
+async def email_detail(s: AsyncSession, email_id: int, organization_id: int | None, urls: Urls) -> dict:
+    """An email with its uploads and its part ledger, each part pointing at
+    the documents it became in the organization's uploads of the email."""
+    email = await get_email(s, email_id, organization_id)
+    q = select(m.Upload.id).where(m.Upload.email_id == email_id).order_by(m.Upload.id)
+    if organization_id is not None:
+        q = q.where(m.Upload.organization_id == organization_id)
+    upload_ids = (await s.scalars(q)).all()
+    docs: dict[int, list[int]] = {}
+    if upload_ids:
+        rows = await s.execute(
+            select(m.Document.ordinal, m.Document.id)
+            .where(m.Document.upload_id.in_(upload_ids), m.Document.ordinal.is_not(None))
+            .order_by(m.Document.id)
+        )
+        for ordinal, doc_id in rows:
+            docs.setdefault(ordinal, []).append(doc_id)
+    return {
+        **email_dict(email, urls),
+        "uploads": [urls("uploads", i) for i in upload_ids],
+        "parts": [part_dict(p, docs.get(p.get("document"), []), urls) for p in (email.parts or [])],
+    }
+
+
+def part_dict(p: dict, doc_ids: list[int], urls: Urls) -> dict:
+    return {
+        "path": p["path"],
+        "content_type": p["content_type"],
+        "filename": p.get("filename"),
+        "size": p.get("size", 0),
+        "sha256": p.get("sha256"),
+        "outcome": p["outcome"],
+        "reason": p.get("reason"),
+        "document": urls("documents", doc_ids[0]) if doc_ids else None,
+        "documents": [urls("documents", i) for i in doc_ids],
+    }
+
+
 def document_dict(d: m.Document, urls: Urls) -> dict:
     return {
         "id": d.id,

@@ -181,3 +181,22 @@ argv = ["/no/such/program", "{{path}}"]
     names = {line.split()[1].rstrip(":") for line in failed}
     assert {"storage", "database", "queues.invoices.processors.0"} <= names, p.stdout
     assert "3 problem(s)" in p.stderr
+
+
+def test_emails_show_prints_the_part_ledger(cfg):
+    from tests.conftest import FIXTURES
+
+    out = gw(cfg, "replay", "--json", str(FIXTURES / "delivery_status_report.eml"), "--queue", "invoices").stdout
+    email_id = json.loads(out.splitlines()[0])["uploads"][0]["email_id"] if "email_id" in out else None
+    if email_id is None:  # the replay line names uploads; read the email from the upload
+        upload_id = json.loads(out.splitlines()[0])["uploads"][0]["id"]
+        email_id = json.loads(gw(cfg, "uploads", "show", str(upload_id), "--json").stdout)["email"]["id"]
+    shown = json.loads(gw(cfg, "emails", "show", str(email_id), "--json").stdout)
+    assert [(p["path"], p["outcome"], p["reason"]) for p in shown["parts"]] == [
+        ("0", "container", None), ("1", "body", None), ("2", "document", None), ("3", "document", None),
+        ("4", "document", None), ("5", "skipped", "external_body"),
+    ]
+    text = gw(cfg, "emails", "show", str(email_id)).stdout
+    assert "skipped (external_body)" in text and "message/delivery-status" in text
+    missing = gw(cfg, "emails", "show", "999999", "--json", check_rc=1)
+    assert json.loads(missing.stderr)["code"] == "not_found"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
 from gateway import services as sv
 from gateway.api import schemas
 from gateway.api.auth import Principal, require
 from gateway.api.common import AUTH_ERRORS, MAX_ID, errors, runtime, urls
-from gateway.storage import models as m
 from gateway.storage.db import transaction
 
 router = APIRouter(tags=["emails"])
@@ -25,16 +23,7 @@ router = APIRouter(tags=["emails"])
 async def get_email(request: Request, principal: Principal = Depends(require("upload.read")), email_id: int = Path(..., ge=0, le=MAX_ID)):
     rt = runtime(request)
     async with transaction(rt.sessions) as s:
-        email = await sv.get_email(s, email_id, principal.organization_id)
-        upload_ids = (
-            await s.scalars(
-                select(m.Upload.id)
-                .where(m.Upload.email_id == email_id, m.Upload.organization_id == principal.organization_id)
-                .order_by(m.Upload.id)
-            )
-        ).all()
-    u = urls(request)
-    return {**sv.email_dict(email, u), "uploads": [u("uploads", i) for i in upload_ids]}
+        return await sv.email_detail(s, email_id, principal.organization_id, urls(request))
 
 
 @router.get(

@@ -85,6 +85,18 @@ class TaskPage(_Out):
     results: list[Task]
 
 
+class Part(_Out):
+    path: str = Field(description="IMAP part number: 1, 1.2; 0 is a multipart root, 2.0 the root of the message forwarded at 2; PATH#uuN a uuencoded file in a text part")
+    content_type: str
+    filename: str | None
+    size: int
+    sha256: str | None
+    outcome: Literal["body", "inline", "alternative", "document", "container", "skipped"]
+    reason: str | None = Field(description="why skipped: signature, pgp_control, empty, external_body, depth_limit, too_large, unparseable")
+    document: str | None = Field(description="URL of the document it became (in the first upload), if any")
+    documents: list[str] = Field(description="URLs of the documents it became in each of the organization's uploads")
+
+
 class Email(_Out):
     id: int
     url: str
@@ -103,6 +115,7 @@ class Email(_Out):
     defects: list[str]
     auth_results: list[Any]
     uploads: list[str] = Field(description="URLs of this organization's uploads of the email")
+    parts: list[Part] = Field(description="The part ledger: every MIME part and its outcome (empty for mail stored before it existed)")
 
 
 class Document(_Out):
@@ -110,7 +123,7 @@ class Document(_Out):
     url: str
     content: str = Field(description="URL of the document's bytes")
     upload: str
-    kind: Literal["body", "attachment", "nested", "inline"]
+    kind: Literal["body", "alternative", "inline", "attachment", "forwarded", "nested"]
     parent: str | None
     filename: str
     original_filename: str | None

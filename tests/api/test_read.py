@@ -239,3 +239,26 @@ async def test_malformed_http_is_answered_in_the_api_error_format(db_url, api):
     # The server goes on answering after them.
     async with api.client() as c:
         assert (await c.get("/api/v1/uploads")).status_code == 200
+
+
+async def test_email_shows_its_part_ledger_with_document_urls(db_url, api):
+    from tests.conftest import FIXTURES
+
+    raw = (FIXTURES / "apple_mail_fragments.eml").read_bytes()
+    result = await api.ingest_mail(raw)
+    async with api.client() as c:
+        email = (await c.get(f"/api/v1/emails/{result.email_id}")).json()
+        parts = {p["path"]: p for p in email["parts"]}
+        assert [(p["path"], p["outcome"]) for p in email["parts"]] == [
+            ("0", "container"), ("1", "body"), ("2", "document"), ("3", "body"), ("4", "document"), ("5", "body"),
+        ]
+        pdf = parts["4"]
+        assert (pdf["content_type"], pdf["filename"], pdf["reason"]) == ("application/pdf", "invoice-88.pdf", None)
+        doc = (await c.get(pdf["document"])).json()
+        assert doc["filename"] == "invoice-88.pdf" and doc["sha256"] == pdf["sha256"] and doc["size"] == pdf["size"]
+        body = (await c.get(parts["1"]["document"])).json()
+        assert body["kind"] == "body" and parts["3"]["document"] == parts["1"]["document"]
+        assert parts["0"]["document"] is None and parts["0"]["documents"] == []
+        # Another organization sees nothing of it.
+        async with api.client("globex") as other:
+            assert (await other.get(f"/api/v1/emails/{result.email_id}")).status_code == 404
