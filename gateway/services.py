@@ -305,6 +305,15 @@ def email_dict(e: m.Email, urls: Urls) -> dict:
     }
 
 
+async def rename_upload(s: AsyncSession, upload_id: int, *, name: str | None, metadata: dict | None) -> None:
+    """Name an upload and add to its metadata (an HTTP upload of an .eml)."""
+    upload = await s.get(m.Upload, upload_id)
+    if name:
+        upload.name = name
+    if metadata:
+        upload.meta = {**(upload.meta or {}), **metadata}
+
+
 async def email_detail(s: AsyncSession, email_id: int, organization_id: int | None, urls: Urls) -> dict:
     """An email with its uploads and its part ledger, each part pointing at
     the documents it became in the organization's uploads of the email."""

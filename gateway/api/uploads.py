@@ -26,6 +26,7 @@ from gateway.api.auth import Principal, require, require_with_basic
 from gateway.api.common import AUTH_ERRORS, MAX_ID, Paging, errors, pagination, parse_ref, ref_pattern, runtime, urls
 from gateway.api.errors import ApiError, bad_request
 from gateway.ingest import UploadFile
+from gateway.ingress.replay import looks_like_mail
 from gateway.observability import get_logger
 from gateway.queue.states import UploadStatus
 from gateway.sniff import sniff_content_type
@@ -115,6 +116,11 @@ def _strict_json(text: str):
 # Types that say nothing about the bytes: curl's default for --data-binary
 # (application/x-www-form-urlencoded), the generic octet-stream, none at all.
 # Stored as declared, they would reach webhooks and downloads as the document's type.
+_OPEN_EMAIL_PARAM = Query(
+    True,
+    description="An upload of one .eml or message/rfc822 file is opened as an email (body task, a task per "
+    "file inside, the part ledger, deduplicated as mail is); false keeps the file itself as the one task.",
+)
 _UNINFORMATIVE_TYPES = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
 
 
@@ -211,10 +217,31 @@ def _body_slots(request: Request) -> asyncio.Semaphore:
     return request.app.state.upload_slots
 
 
-async def _create(request: Request, principal: Principal, queue_name: str, files, name, metadata) -> JSONResponse:
+_EMAIL_TYPES = frozenset({"message/rfc822", "message/global"})
+
+
+def _is_email(f: UploadFile) -> bool:
+    """A mail sent as a file: declared as one, or named .eml, and shaped like one."""
+    declared = (f.content_type or "").split(";")[0].strip().lower()
+    named = (f.filename or "").lower().endswith((".eml", ".msg.eml"))
+    return (declared in _EMAIL_TYPES or named) and looks_like_mail(f.data)
+
+
+async def _create(request: Request, principal: Principal, queue_name: str, files, name, metadata,
+                  open_email: bool = True) -> JSONResponse:
     rt = runtime(request)
-    result = await rt.ingestor.ingest_files(files, queue_name, name=name, metadata=metadata, actor=principal.actor)
-    upload_id = result.uploads[0].id
+    if open_email and len(files) == 1 and _is_email(files[0]):
+        # The same path as mail that arrives: an email upload with the part
+        # ledger, a body task and a task per file inside; the same mail sent
+        # twice is one upload.
+        result = await rt.ingestor.ingest(files[0].data, "http", queues=[queue_name])
+        upload_id = result.uploads[0].id
+        if result.status == "created" and (name or metadata):
+            async with transaction(rt.sessions) as s:
+                await sv.rename_upload(s, upload_id, name=name, metadata=metadata)
+    else:
+        result = await rt.ingestor.ingest_files(files, queue_name, name=name, metadata=metadata, actor=principal.actor)
+        upload_id = result.uploads[0].id
     async with transaction(rt.sessions) as s:
         upload = await sv.get_upload(s, upload_id, principal.organization_id)
         body = (await _render(request, s, [upload]))[0]
@@ -234,12 +261,13 @@ async def create_upload(
     request: Request,
     principal: Principal = Depends(require_with_basic("upload.create")),
     queue: str = _QUEUE_PARAM,
+    open_email: bool = _OPEN_EMAIL_PARAM,
 ):
     limit = runtime(request).settings.http.max_upload_size
     queue_name = await _queue_name(request, principal, queue)
     async with _body_slots(request):
         files, name, metadata = await _read_multipart(request, limit)
-        return await _create(request, principal, queue_name, files, name, metadata)
+        return await _create(request, principal, queue_name, files, name, metadata, open_email)
 
 
 @router.post(
@@ -256,6 +284,7 @@ async def create_upload_raw(
     filename: str = Path(..., min_length=1, max_length=1000, description="the file's name (UTF-8, URL-encoded)"),
     queue: str = _QUEUE_PARAM,
     name: str | None = Query(None, max_length=1000, description="the upload's name (default: the filename)"),
+    open_email: bool = _OPEN_EMAIL_PARAM,
 ):
     limit = runtime(request).settings.http.max_upload_size
     queue_name = await _queue_name(request, principal, queue)
@@ -263,7 +292,7 @@ async def create_upload_raw(
     async with _body_slots(request):
         data = b"".join([chunk async for chunk in limited_body(request, limit)])
         file = _file(filename, request.headers.get("content-type"), data)
-        return await _create(request, principal, queue_name, [file], name, None)
+        return await _create(request, principal, queue_name, [file], name, None, open_email)
 
 
 @router.get(

@@ -354,3 +354,31 @@ async def test_requests_beyond_the_concurrency_bound_get_503_in_the_error_format
         release.set()
         assert (await slow).status_code == 202
         assert (await other.get("/api/v1/queues")).status_code == 200
+
+
+async def test_an_eml_upload_is_opened_as_an_email(db_url, api):
+    from tests.conftest import FIXTURES
+
+    raw = (FIXTURES / "apple_mail_fragments.eml").read_bytes()
+    queue = await api.queue_id("invoices")
+    async with api.client() as c:
+        r = await c.post(f"/api/v1/uploads?queue={queue}", files={"file": ("forwarded.eml", raw, "message/rfc822")},
+                         data={"metadata": '{"ticket": 7}'})
+        assert r.status_code == 202, r.text
+        u = r.json()
+        assert u["email"] and u["name"] == "Invoice 88 (Apple Mail)" and u["metadata"] == {"ticket": 7}
+        docs = [(await c.get(d)).json() for d in u["documents"]]
+        assert [d["kind"] for d in docs] == ["body", "attachment", "attachment", "alternative"]
+        assert len(u["tasks"]) == 3  # body, scan.png, invoice-88.pdf: not the .eml itself
+        email = (await c.get(u["email"])).json()
+        assert email["source"] == "http" and len(email["parts"]) == 6
+        # The same mail again (raw body this time): the same upload, nothing new.
+        again = await c.post(f"/api/v1/uploads/again.eml?queue={queue}", content=raw)
+        assert again.status_code == 202 and again.json()["url"] == u["url"]
+        # Asked not to open it: the .eml is one task of a plain upload.
+        kept = await c.post(f"/api/v1/uploads/kept.eml?queue={queue}&open_email=false", content=raw)
+        k = kept.json()
+        assert k["email"] is None and len(k["tasks"]) == 1
+        # Named .eml but not a mail: a plain file.
+        plain = await c.post(f"/api/v1/uploads/notes.eml?queue={queue}", content=b"just some notes, no headers")
+        assert plain.json()["email"] is None
