@@ -47,14 +47,17 @@ MAX_NESTING_DEPTH = 3
 MAX_DEFECTS = 200  # a torture message can yield thousands; the first ones say enough
 
 # The author's headers: what the fingerprint covers, with the body. Everything
-# else (Received, DKIM-Signature, X-Spam-Status, X-MS-Exchange-*, ...) may be
-# added, removed or rewritten by relays, filters and mailboxes in transit.
-# Content-Type and Content-Transfer-Encoding say how to read the body, so they
-# belong to it.
+# else (Received, DKIM-Signature, X-Spam-Status, X-MS-Exchange-*, Resent-*,
+# ...) may be added, removed or rewritten by relays, filters, mailboxes and
+# re-senders in transit. Sender, Reply-To and the threading headers are
+# written by the author's client; the Content-* headers say how to read the
+# body, so they belong to it.
 FINGERPRINT_HEADERS = (
     b"message-id", b"from", b"date", b"subject", b"to", b"cc",
-    b"content-type", b"content-transfer-encoding",
+    b"sender", b"reply-to", b"in-reply-to", b"references",
+    b"content-type", b"content-transfer-encoding", b"content-disposition",
 )
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but ':'
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,15 @@ def message_fingerprint(raw: bytes) -> str:
             fields.append([line])
     kept = []
     for lines in fields:
-        name, _, value = b"".join(lines).partition(b":")
+        line = b"".join(lines)
+        name, colon, value = line.partition(b":")
         name = name.strip().lower()
         if name in FINGERPRINT_HEADERS:
             kept.append(name + b":" + b" ".join(value.split()))
+        elif not colon or not _FIELD_NAME.fullmatch(name):
+            # Not a header field: a message without headers, or text before
+            # them. It is content, and must tell such messages apart.
+            kept.append(b"\x00" + line)
     # By name (stable for repeated fields): Exchange and some filters
     # rewrite the header block in an order of their own.
     kept.sort(key=lambda field: field.partition(b":")[0])

@@ -719,8 +719,26 @@ TRANSIT_HEADERS = [
 
 def test_fingerprint_covers_only_the_authors_headers():
     assert set(FINGERPRINT_HEADERS) == {
-        b"message-id", b"from", b"date", b"subject", b"to", b"cc", b"content-type", b"content-transfer-encoding",
+        b"message-id", b"from", b"date", b"subject", b"to", b"cc", b"sender", b"reply-to", b"in-reply-to",
+        b"references", b"content-type", b"content-transfer-encoding", b"content-disposition",
     }
+
+
+@pytest.mark.parametrize("header", [b"Sender: boss@example.com", b"Reply-To: other@example.com",
+                                    b"Content-Disposition: attachment"])
+def test_an_authors_header_changes_the_fingerprint(header):
+    assert message_fingerprint(header + b"\n" + BASE) != message_fingerprint(BASE)
+
+
+def test_messages_without_headers_are_told_apart():
+    # No header block at all: every line before the (missing) blank line is content.
+    one, two = b"// Not an RFC-822 Document", b"This is a message\nwithout headers.\n"
+    assert message_fingerprint(one) != message_fingerprint(two) != message_fingerprint(b"")
+
+
+def test_a_resent_message_is_the_same_message():
+    resent = b"Resent-From: m@example.net\nResent-Date: Mon, 24 Nov 1997 14:22:01 -0800\nResent-Message-ID: <9@x>\n"
+    assert message_fingerprint(resent + BASE) == message_fingerprint(BASE)
 
 
 @pytest.mark.parametrize("name", TRANSIT_HEADERS)
@@ -742,6 +760,7 @@ def test_line_endings_and_trailing_newlines_do_not_matter():
     lambda m: m.replace(b"line two", b"line 2"),
     lambda m: m.replace(b"Subject: hi", b"Subject: hi!"),
     lambda m: m.replace(b"Subject", b"Cc: c@example.com\nSubject"),
+    lambda m: m.replace(b"Subject", b"not a header line\nSubject"),
     lambda m: m.replace(b"From: a@", b"From: mallory@"),
     lambda m: m.replace(b"Message-ID: <1@x>\n", b""),
     lambda m: m.replace(b"line one\n", b"line one\n\n"),
