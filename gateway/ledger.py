@@ -25,14 +25,13 @@ Pure: no I/O. Never raises on mail content.
 from __future__ import annotations
 
 import hashlib
-import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
-from html.parser import HTMLParser
 from urllib.parse import unquote
 
 from gateway import mime, uuencode
+from gateway.bodytext import Frag, render_html, render_text
 from gateway.sniff import sniff_content_type
 
 OUTCOMES = ("body", "inline", "alternative", "document", "container", "skipped")
@@ -92,17 +91,6 @@ class ParsedDocument:
     blank: bool = False  # a body with no visible text
 
 
-@dataclass
-class _Frag:
-    """A run of body text: one or both renderings, and the ledger entries
-    whose content it carries."""
-
-    text: str | None
-    html: str | None
-    entries: list[int] = field(default_factory=list)
-    alt_entries: list[int] = field(default_factory=list)  # used only by the text rendering
-
-
 class Ledger:
     """One mail's walk: documents (``[0]`` is the body), entries, defects."""
 
@@ -138,10 +126,10 @@ class Ledger:
             for i in f.alt_entries:
                 self.entries[i].outcome = "alternative"
                 self.entries[i].document = alt_index
-        text = _render_text(frags)
+        text = render_text(frags)
         blank = not text.strip()
         if has_html:
-            data, ctype, ext = _render_html(frags).encode("utf-8"), "text/html", ".html"
+            data, ctype, ext = render_html(frags).encode("utf-8"), "text/html", ".html"
         else:
             data, ctype, ext = text.encode("utf-8"), "text/plain", ".txt"
         if depth == 0:
@@ -165,7 +153,7 @@ class Ledger:
             ))
         return body_index
 
-    def _multipart(self, part: Message, path: str, child_base: str, ctx: "_Ctx", level: int) -> list[_Frag]:
+    def _multipart(self, part: Message, path: str, child_base: str, ctx: "_Ctx", level: int) -> list[Frag]:
         self._entry(part, path, "container", size=0, sha=None)
         children = part.get_payload()
         if not isinstance(children, list):
@@ -175,7 +163,7 @@ class Ledger:
             self._skip_subtree(children, child_base or path)
             self.defects.append(f"part {path}: multipart nesting over {MAX_MULTIPART_DEPTH}, not opened")
             return []
-        rendered: list[list[_Frag]] = []
+        rendered: list[list[Frag]] = []
         for i, child in enumerate(children, 1):
             child_path = f"{child_base}.{i}" if child_base else str(i)
             # The signature of multipart/signed and the control part of
@@ -194,7 +182,7 @@ class Ledger:
             return [f for frags in rendered for f in frags]
         return self._alternative(rendered)
 
-    def _alternative(self, rendered: list[list[_Frag]]) -> list[_Frag]:
+    def _alternative(self, rendered: list[list[Frag]]) -> list[Frag]:
         """The richest HTML rendering (the last one: RFC 2046 5.1.4 orders
         them plainest first) and the first plain one; the rest is ``alternative``."""
         with_html = [i for i, fr in enumerate(rendered) if any(f.html is not None for f in fr)]
@@ -211,9 +199,9 @@ class Ledger:
         if h is None:
             return rendered[t]
         html_frags = rendered[h]
-        merged = _Frag(
-            text=_render_text(rendered[t]) if t is not None else _render_text(html_frags),
-            html=_render_html(html_frags),
+        merged = Frag(
+            text=render_text(rendered[t]) if t is not None else render_text(html_frags),
+            html=render_html(html_frags),
             entries=[e for f in html_frags for e in f.entries],
             alt_entries=[e for f in html_frags for e in f.alt_entries],
         )
@@ -234,7 +222,7 @@ class Ledger:
 
     # --- one leaf ------------------------------------------------------------
 
-    def _leaf(self, part: Message, path: str, ctx: "_Ctx") -> list[_Frag]:
+    def _leaf(self, part: Message, path: str, ctx: "_Ctx") -> list[Frag]:
         try:
             return self._classify(part, path, ctx)
         except Exception as exc:  # one bad part must not cost the others
@@ -242,7 +230,7 @@ class Ledger:
             self._entry(part, path, "skipped", size=0, sha=None, reason="unparseable")
             return []
 
-    def _classify(self, part: Message, path: str, ctx: "_Ctx") -> list[_Frag]:
+    def _classify(self, part: Message, path: str, ctx: "_Ctx") -> list[Frag]:
         ctype = part.get_content_type()
         if ctype in _MESSAGE_TYPES:
             self._forwarded(part, path, ctx)
@@ -275,7 +263,7 @@ class Ledger:
             return self._body_text(part, path, data)
         return self._document(part, path, ctx, data=data)
 
-    def _body_text(self, part: Message, path: str, payload: bytes) -> list[_Frag]:
+    def _body_text(self, part: Message, path: str, payload: bytes) -> list[Frag]:
         # A multipart whose boundary never appears is a leaf holding the raw
         # text: shown as plain text so that a person can still read it.
         text = mime.decode_text(payload, part.get_content_charset(), f"part {path}", self.defects)
@@ -284,10 +272,10 @@ class Ledger:
             self.entries[index].outcome, self.entries[index].reason = "skipped", "empty"
             return []
         if part.get_content_type() == "text/html":
-            return [_Frag(text=None, html=text, entries=[index])]
+            return [Frag(text=None, html=text, entries=[index])]
         if "begin" in text:
             text = self._uudecode(text, path)
-        return [_Frag(text=text, html=None, entries=[index])]
+        return [Frag(text=text, html=None, entries=[index])]
 
     def _uudecode(self, text: str, path: str) -> str:
         rest, files, defects = uuencode.extract_uuencoded(text)
@@ -309,7 +297,7 @@ class Ledger:
             self.entries.append(Entry(entry_path, ctype, name, len(f.data), _sha(f.data), "document", document=index))
         return rest
 
-    def _document(self, part: Message, path: str, ctx: "_Ctx", *, data: bytes) -> list[_Frag]:
+    def _document(self, part: Message, path: str, ctx: "_Ctx", *, data: bytes) -> list[Frag]:
         if not data.strip() if part.get_content_maintype() == "text" else not data:
             self._entry(part, path, "skipped", data=data, reason="empty")
             return []
@@ -459,62 +447,3 @@ def _message_part_bytes(part: Message, linesep: str) -> bytes:
     if data:
         return data
     return str(payload or "").encode("utf-8", "surrogateescape")
-
-
-def _render_html(frags: list[_Frag]) -> str:
-    out = []
-    for f in frags:
-        if f.html is not None:
-            out.append(f.html)
-        elif f.text is not None:
-            out.append('<pre style="white-space:pre-wrap">' + html.escape(f.text) + "</pre>")
-    return "\n".join(out)
-
-
-def _render_text(frags: list[_Frag]) -> str:
-    out = []
-    for f in frags:
-        if f.text is not None:
-            out.append(f.text)
-        elif f.html is not None:
-            out.append(html_to_text(f.html))
-    return "\n".join(out)
-
-
-class _TextExtractor(HTMLParser):
-    _BLOCK = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre"})
-    _HIDDEN = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self._HIDDEN:
-            self.hidden += 1
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._HIDDEN and self.hidden:
-            self.hidden -= 1
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-
-    def handle_data(self, data):
-        if not self.hidden:
-            self.out.append(data)
-
-
-def html_to_text(markup: str) -> str:
-    """Readable text of an HTML body: tags dropped, blocks on their own lines."""
-    parser = _TextExtractor()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except Exception:  # html.parser is lenient; this is a guard, not a path
-        return re.sub(r"<[^>]*>", " ", markup)
-    text = "".join(parser.out)
-    text = re.sub(r"[ \t\r\f\v]+", " ", text)
-    return re.sub(r"\n\s*\n+", "\n\n", text).strip()
