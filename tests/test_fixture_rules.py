@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from gateway.parse import MAX_NESTING_DEPTH, message_fingerprint, parse_message
+from gateway.parse import message_fingerprint, parse_message
 from gateway.storage import models as m
 from tests.conftest import FIXTURES
-from tests.test_parse import DOC_KINDS, assert_ledger_complete, assert_safe, independent_counts
+from tests.test_parse import assert_parse_invariants
 
 PDF = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
 
@@ -48,26 +48,7 @@ def kinds(mail) -> list[str]:
 
 @pytest.mark.parametrize("name", RULE_FIXTURES)
 def test_fixture_holds_the_corpus_invariants(name):
-    raw = (FIXTURES / name).read_bytes()
-    mail = parse_message(raw)
-    assert mail.documents[0].kind == "body"
-    assert not any(d.startswith(("unparseable", "part ")) and "skipped" in d for d in mail.defects), mail.defects
-    for i, doc in enumerate(mail.documents):
-        assert_safe(doc.filename)
-        assert doc.kind in DOC_KINDS and (doc.kind == "body") == (i == 0)
-        if doc.kind == "nested" and doc.parent is not None:
-            container = mail.documents[doc.parent]
-            assert doc.parent < i and container.content_type == "message/rfc822" and container.kind == "forwarded"
-            assert doc.depth == container.depth + 1 <= MAX_NESTING_DEPTH
-        if doc.kind in ("attachment", "nested", "inline", "forwarded") and doc.part is not None:
-            assert doc.data, f"{doc.filename}: an empty document"
-    assert_ledger_complete(raw, mail)
-    top = [d for d in mail.documents if d.depth == 0]
-    ours = (sum(d.kind in ("attachment", "forwarded") for d in top), sum(d.kind == "inline" for d in top))
-    if name in COUNT_EXCEPTIONS:
-        assert ours != independent_counts(raw), "exception no longer needed"
-    else:
-        assert ours == independent_counts(raw)
+    assert_parse_invariants((FIXTURES / name).read_bytes(), count_exception=name in COUNT_EXCEPTIONS)
 
 
 def test_unquoted_boundary_containing_equals_is_read_whole():

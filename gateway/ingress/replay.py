@@ -177,15 +177,22 @@ def _walk(paths: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
             yield p, "missing"
 
 
+def _listing(d: Path) -> tuple[list[os.DirEntry], str | None]:
+    """A folder's entries by name, or why it cannot be read."""
+    try:
+        with os.scandir(d) as it:
+            return sorted(it, key=lambda e: e.name), None
+    except OSError as e:
+        return [], f"unreadable: {e.strerror or e}"
+
+
 def _walk_dir(d: Path) -> Iterator[tuple[Path, str | None]]:
     if _is_maildir(d):
         yield from _walk_maildir(d)
         return
-    try:
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield d, f"unreadable: {e.strerror or e}"
+    entries, error = _listing(d)
+    if error:
+        yield d, error
         return
     for e in entries:
         path = Path(e.path)
@@ -216,11 +223,9 @@ def _walk_maildir(d: Path) -> Iterator[tuple[Path, str | None]]:
     mailbox.Maildir would list new/ and cur/ into one dict and name messages by
     key; walking them here keeps the real path for each line of output.
     """
-    try:
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield d, f"unreadable: {e.strerror or e}"
+    entries, error = _listing(d)
+    if error:
+        yield d, error
         return
     for e in entries:
         path = Path(e.path)
@@ -243,11 +248,9 @@ def _walk_maildir_messages(d: Path) -> Iterator[tuple[Path, str | None]]:
 
 
 def _walk_files(d: Path) -> Iterator[tuple[Path, str | None]]:
-    try:
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield d, f"unreadable: {e.strerror or e}"
+    entries, error = _listing(d)
+    if error:
+        yield d, error
         return
     for e in entries:
         yield Path(e.path), None if e.is_file() else "not_a_regular_file"
