@@ -59,8 +59,22 @@ class IMAPAuthError(IMAPRefused):
     """Login refused: wrong password, expired token, account disabled."""
 
 
+class IMAPArgumentError(IMAPError):
+    """A mailbox name or flag that cannot be sent safely; nothing was sent."""
+
+
+# CR or LF would end the command line and let the rest run as a command of its
+# own (the stdlib's CVE-2025-15366); the config refuses them too, this is the
+# layer that must hold whatever the caller passes.
+_LINE_BREAKERS = re.compile(r"[\x00\r\n]")
+# RFC 3501 flag: an optional backslash, then an atom (no atom-specials).
+_FLAG_RE = re.compile(r"\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
+
+
 def quote_mailbox(name: str) -> str:
     """A mailbox name as an IMAP quoted string, non-ASCII in modified UTF-7 (RFC 3501 5.1.3)."""
+    if not name or _LINE_BREAKERS.search(name):
+        raise IMAPArgumentError(f"refusing to send mailbox name {name!r}: empty, or contains CR, LF or NUL")
     out, run = [], []
 
     def flush_run() -> None:
@@ -321,6 +335,9 @@ class IMAPConnection:
         return {uid: lit for uid, (_, lit) in self._fetch_items(resp).items() if lit is not None}
 
     async def add_flags(self, uids: list[int], flags: str) -> None:
+        bad = [f for f in flags.split(" ") if not _FLAG_RE.fullmatch(f)]
+        if bad:
+            raise IMAPArgumentError(f"refusing to send flag {bad[0]!r}: not an IMAP flag")
         resp = await self._call(self.protocol.store(_uid_set(uids), "+FLAGS.SILENT", f"({flags})", by_uid=True), f"UID STORE +FLAGS ({flags})")
         self._check(resp, f"UID STORE +FLAGS ({flags})")
 
