@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -39,9 +40,12 @@ async def test_exit_0_with_json_is_the_result_and_placeholders_are_filled(tmp_pa
     job = make_job(tmp_path, filename="a; rm -rf $HOME.pdf")
     out = await p.run(job)
     r = out.result
-    assert r["argv"] == [str(job.path), "a; rm -rf $HOME.pdf", "11", "4", "9", "{literal}"]  # no shell, literal kept
+    copy = Path(r["argv"][0])
+    assert copy != job.path and copy.name == "a; rm -rf $HOME.pdf"  # its own copy, under the document's name
+    assert r["argv"][1:] == ["a; rm -rf $HOME.pdf", "11", "4", "9", "{literal}"]  # no shell, literal kept
     assert r["data"] == "%PDF-1.7 body"
     env = r["env"]
+    assert env["GATEWAY_PATH"] == str(copy)
     assert env["GATEWAY_TASK_ID"] == "11" and env["GATEWAY_UPLOAD_ID"] == "4" and env["GATEWAY_DOCUMENT_ID"] == "9"
     assert env["GATEWAY_FILENAME"] == "a; rm -rf $HOME.pdf" and env["GATEWAY_ATTEMPT"] == "2" and env["EXTRA"] == "x"
     assert json.loads(env["GATEWAY_METADATA"]) == job.metadata
@@ -113,3 +117,89 @@ async def test_huge_output_is_bounded(tmp_path):
     with pytest.raises(ProcessorFailed) as e:
         await py(code).run(make_job(tmp_path))
     assert str(e.value).endswith("eeeEND") and len(str(e.value)) < MAX_STDERR
+
+
+async def test_a_command_that_rewrites_its_input_leaves_the_stored_blob_alone(tmp_path, monkeypatch):
+    job = make_job(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the daemon's folder
+    before = job.path.read_bytes()
+    seen = tmp_path / "seen"
+    # Like `ocrmypdf f f` or `exiftool -overwrite_original`: write over {path} in place,
+    # then report where it ran, so we can check the work folder is gone afterwards.
+    p = CommandProcessor(CommandSettings(
+        type="command",
+        argv=["sh", "-c", 'echo x > "$1" && pwd > "$2" && echo out > result.txt', "sh", "{path}", str(seen)],
+    ))
+    await p.run(job)
+    assert job.path.read_bytes() == before
+    assert hashlib.sha256(job.path.read_bytes()).hexdigest() == job.sha256
+    workdir = Path(seen.read_text().strip())
+    assert workdir != tmp_path and not workdir.exists()  # ran in a private folder, removed after
+    assert not (tmp_path / "result.txt").exists()
+
+
+async def test_the_work_folder_is_removed_after_a_failure_and_a_timeout(tmp_path):
+    seen = tmp_path / "seen"
+    for argv, error in (
+        (["sh", "-c", 'pwd > "$1"; exit 3', "sh", str(seen)], ProcessorFailed),
+        (["sh", "-c", 'pwd > "$1"; exec sleep 30', "sh", str(seen)], RetryLater),
+    ):
+        p = CommandProcessor(CommandSettings(type="command", argv=argv, timeout=1.0))
+        with pytest.raises(error):
+            await p.run(make_job(tmp_path))
+        assert not Path(seen.read_text().strip()).exists()
+
+
+@pytest.mark.parametrize("filename", ["-rf.pdf", "--help.pdf", "-"])
+async def test_a_name_starting_with_a_dash_never_reaches_the_command_as_an_option(tmp_path, filename):
+    code = "import json, os, sys; print(json.dumps({'argv': sys.argv[1:], 'data': [open(a, 'rb').read().decode() for a in sys.argv[1:]]}))"
+    out = await py(code, "{path}", "{filename}").run(make_job(tmp_path, filename=filename))
+    path, name = out.result["argv"]
+    assert not path.startswith("-") and not name.startswith("-")
+    assert name == "./" + filename and Path(path).name == filename
+    # Both name the document's copy (the command runs in its work folder).
+    assert out.result["data"] == ["%PDF-1.7 body", "%PDF-1.7 body"]
+
+
+async def test_placeholders_in_a_filename_are_not_expanded(tmp_path):
+    out = await py("import json, sys; print(json.dumps(sys.argv[1:]))", "{filename}").run(
+        make_job(tmp_path, filename="{task_id}{sha256}.pdf")
+    )
+    assert out.result == ["{task_id}{sha256}.pdf"]
+
+
+async def test_a_relative_program_path_still_means_the_daemons_folder(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "extract"
+    script.write_text('#!/bin/sh\necho \'{"ok": true}\'\n')
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    out = await CommandProcessor(CommandSettings(type="command", argv=["bin/extract", "{path}"])).run(make_job(tmp_path))
+    assert out.result == {"ok": True}
+
+
+async def test_an_unreadable_blob_is_retried_without_a_server_path(tmp_path):
+    job = make_job(tmp_path)
+    job.path.unlink()
+    with pytest.raises(RetryLater) as e:
+        await py("print(1)").run(job)
+    assert "cannot copy" in str(e.value) and str(tmp_path) not in str(e.value)
+
+
+async def test_a_cancelled_run_kills_the_command_and_removes_its_work_folder(tmp_path):
+    seen = tmp_path / "seen"
+    p = CommandProcessor(CommandSettings(type="command", argv=["sh", "-c", 'pwd > "$1"; exec sleep 30', "sh", str(seen)]))
+    run = asyncio.ensure_future(p.run(make_job(tmp_path)))
+    for _ in range(200):
+        if seen.exists() and seen.read_text():
+            break
+        await asyncio.sleep(0.02)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    workdir = Path(seen.read_text().strip())
+    for _ in range(100):
+        if not workdir.exists():
+            break
+        await asyncio.sleep(0.02)
+    assert not workdir.exists()
