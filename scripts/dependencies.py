@@ -65,6 +65,50 @@ CLASSIFIERS = {
     "License :: OSI Approved :: The Unlicense (Unlicense)": "Unlicense",
 }
 
+# Known advisories and the CPython the parser needs: static text, kept here so the
+# document stays generated (and checked) as a whole.
+ADVISORIES = """
+## Known advisories
+
+`make test` runs `scripts/audit.py` before the tests: pip-audit checks every pin in
+`requirements.lock` (runtime and the dev tool's own) against OSV and PyPI's
+advisory feed where they answer, and always against `scripts/advisories.json`, a
+committed snapshot of the advisories for the locked packages. It fails on any
+advisory for a pinned version. Where no service answers, it says so on one line
+and the snapshot gates alone: advisories published after the snapshot's date are
+then missed until someone runs `scripts/audit.py --refresh` where OSV answers.
+
+The floors in `pyproject.toml` are releases with the known advisories fixed:
+
+| package | floor | advisories fixed by then |
+|---|---|---|
+| aiosmtpd | 1.4.6 | GHSA-pr2m-px7j-xg65 (SMTP smuggling, 1.4.5), GHSA-wgjv-9j3q-jhg8 (commands injected after STARTTLS, 1.4.6) |
+| python-multipart | 0.0.30 | GHSA-59g5-xgcq-4qw3 (0.0.18), GHSA-wp53-j4wj-2cfg (0.0.22), GHSA-mj87-hwqh-73pj (0.0.26), GHSA-pp6c-gr5w-3c5g (0.0.27), GHSA-5rvq-cxj2-64vf (0.0.30): multipart and urlencoded parsing DoS, a path traversal |
+| starlette | 1.3.1 | GHSA-f96h-pmfr-66vw (0.40.0), GHSA-2c2j-9gv5-cj73 (0.47.2), GHSA-7f5h-v6xp-fcq8 (0.49.1), GHSA-86qp-5c8j-p5mr (1.0.1), GHSA-x746-7m8f-x49c and GHSA-wqp7-x3pw-xc5r (1.1.0), GHSA-82w8-qh3p-5jfq (1.3.1) |
+| h11 | 0.16.0 | GHSA-vqfr-h8mv-ghfj (lenient chunked encoding, request smuggling) |
+| mail-parser | 4.2.0 | no published advisory; 4.2.0 is the first release whose `Received` parsing is a tokenizer instead of a list of backtracking regular expressions (SpamScope/mail-parser#150) |
+
+## The CPython the parser needs
+
+The gateway parses mail with the standard library's `email` package (mail-parser
+wraps it), so some of its fixes are CPython's, not a dependency's:
+
+| fix | what | first releases with it |
+|---|---|---|
+| gh-102988 (CVE-2023-27043), gh-121650 (CVE-2024-6923) | `parseaddr`/`getaddresses` misreading crafted addresses; newlines in headers not quoted on output | 3.11.10, 3.12.6 |
+| gh-136063 | `email.message` legacy parameter parsing (`Content-Type`/`Content-Disposition` parameters, `get_param`, `get_filename`) quadratic in the header's length | 3.10.20, 3.11.15, 3.12.13 (March 2026); 3.13 and 3.14 in their bugfix releases after October 2025 |
+| gh-143935, gh-144125 | header injection when folding long comments; `BytesGenerator` writing unsafely folded headers | 3.11.15, 3.12.13 |
+| gh-136063 (rest) | the other quadratic spots of `email._header_value_parser` (address lists, encoded words) | no release yet: the rewrite (python/cpython#152521) is open |
+
+So the parser wants CPython 3.11.15 or later on 3.11 (3.12.13 on 3.12). This
+machine, CI's and the developers' run **3.11.7**, which has none of these fixes:
+there the gateway's own cap on header size and header parameters, applied before
+a header reaches the `email` package, is the guard against the quadratic
+parsing, and the remaining `_header_value_parser` spots are bounded only by that
+cap on any CPython. `scripts/audit.py` prints a note when it runs under a CPython
+older than these releases; it does not fail on it.
+"""
+
 _EXPRESSION = re.compile(r"^[A-Za-z0-9.+\-() ]{1,100}$")
 _TOKEN = re.compile(r"\(|\)|[A-Za-z0-9.+\-]+")
 
@@ -224,7 +268,7 @@ def render() -> str:
         f"{summary}\n"
         "\n"
         f"| package | version | licence | from | scope | compatible with {PROJECT_LICENSE} |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + ADVISORIES
     )
 
 

@@ -30,7 +30,8 @@ def test_document_is_what_the_script_writes_now(deps):
     doc = (ROOT / "docs" / "dependencies.md").read_text()
     assert doc == deps.render()
     pinned = [name for name, _ in deps.read_lock()]
-    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| package")]
+    table = doc.split("\n## ", 1)[0]  # the licence table; the advisory sections follow it
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| package |")]
     assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == pinned
     assert "| aioimaplib | 2.0.3 | `GPL-3.0-only` | License-Expression | runtime | yes |" in doc
 
@@ -105,3 +106,48 @@ def test_licence_is_read_from_expression_then_license_field_then_classifiers(dep
         "Apache-2.0 OR MIT",
         "classifiers",
     )
+
+
+def test_floors_in_the_document_are_the_pyproject_floors_and_fix_every_snapshot_advisory(deps):
+    """The advisory table names the floors pyproject.toml declares, and no floor
+    is a version the audit's snapshot knows an advisory for."""
+    import json
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = {}
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        lows = [s.version for s in req.specifier if s.operator == ">="]
+        if lows:
+            floors[deps.key(req.name)] = lows[0]
+    doc = (ROOT / "docs" / "dependencies.md").read_text()
+    section = doc.split("## Known advisories", 1)[1].split("\n## ", 1)[0]
+    named = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[0] not in ("package", "---"):
+            named[cells[0]] = cells[1]
+    assert set(named) >= {"aiosmtpd", "python-multipart", "starlette", "mail-parser"}
+    for name, floor in named.items():
+        assert floors.get(name) == floor, f"{name}: the document says {floor}, pyproject.toml {floors.get(name)}"
+
+    snapshot = json.loads((ROOT / "scripts" / "advisories.json").read_text())
+    for vuln in snapshot["vulns"]:
+        for affected in vuln["affected"]:
+            name = deps.key(affected["package"]["name"])
+            if name not in floors:
+                continue
+            fixed = [e["fixed"] for r in affected["ranges"] for e in r["events"] if "fixed" in e]
+            assert fixed and Version(floors[name]) >= max(map(Version, fixed)), (
+                f"{name}>={floors[name]} admits a version affected by {vuln['id']} (fixed in {fixed})"
+            )
+
+
+def test_the_document_states_the_cpython_the_parser_needs(deps):
+    doc = deps.render()
+    section = doc.split("## The CPython the parser needs", 1)[1]
+    for needed in ("gh-136063", "3.11.15", "3.12.13", "3.11.7"):
+        assert needed in section
