@@ -20,6 +20,7 @@ run: venv
 
 test: venv
 	./scripts/test-deps.sh
+	$(BIN)/python scripts/audit.py  # known advisories for the pinned dependencies (offline: the committed snapshot)
 	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-4} -p no:cacheprovider -rfEs --durations=15 $(PYTEST_ARGS)
 
 bench: venv
