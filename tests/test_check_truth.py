@@ -249,3 +249,31 @@ def test_smtp_port_in_use_fails(tmp_path, listener):
     assert p.returncode == 1
     r = rows(p)["smtp"]
     assert not r["ok"] and f"127.0.0.1:{listener.port}" in r["detail"] and "in use" in r["detail"], r
+
+
+# --- PostgreSQL: the state is read, never upgraded -------------------------------------------------
+
+
+def test_check_reports_an_empty_postgresql_database_without_migrating_it(tmp_path, db_url):
+    if db_url.startswith("sqlite"):
+        pytest.skip("the PostgreSQL path")
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("sqlite+aiosqlite:///var/gateway.db", db_url))
+    r = rows(check(cfg, "--json"))
+    assert r["database"]["ok"] and r["migrations"]["ok"] and "empty database" in r["migrations"]["detail"], r
+    cfg.write_text(cfg.read_text().replace('root = "var/storage"', 'root = "var/storage"\nauto_migrate = false'))
+    p = check(cfg, "--json")
+    assert p.returncode == 1 and not rows(p)["migrations"]["ok"] and "gateway db upgrade" in rows(p)["migrations"]["detail"]
+
+    import asyncio
+
+    import asyncpg
+
+    async def tables():
+        conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(tables()) == []
