@@ -105,7 +105,7 @@ def add_documents(rows: Rows, upload_id: int, q: QueueRow, docs, plans: list[Doc
             "content_type": d.content_type,
             "sniffed_type": d.sniffed_type,
             "content_id": getattr(d, "content_id", None),
-            "size": len(d.data),
+            "size": d.size,
             "sha256": sha,
             "duplicate_of": seen.get(sha),
             "ordinal": p.index,

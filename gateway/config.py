@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -44,6 +45,10 @@ class StorageSettings(_Section):
     # Helper processes that parse messages and write their blobs (0: threads of
     # the daemon itself). See gateway/preparer.py.
     parse_processes: int = Field(1, ge=0, le=64)
+    # Seconds a parse may take. Past it the helper process is killed and
+    # restarted, and the mail is stored unparsed: its raw message becomes the
+    # body document, whose task waits in "reviewing" (never a 451 loop).
+    parse_timeout: float = Field(20.0, gt=0, le=3600)
     # Upgrade the schema on start-up (serve, replay) for SQLite; PostgreSQL
     # deployments usually run `gateway db upgrade` explicitly.
     auto_migrate: bool = True
@@ -147,6 +152,21 @@ class FolderProcessor(_Section):
     path: Path
     # Placeholders: {task_id} {upload_id} {document_id} {filename} {sha256}
     name_pattern: str = "{upload_id}-{task_id}-{filename}"
+    # Permissions of each file dropped (whatever the daemon's umask): group-readable
+    # by default, for an importer running as another user of the folder's group.
+    mode: int = Field(0o640, ge=0, le=0o777)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v):
+        # TOML writes 0o640; "0640" or "640" as a string are read as octal too.
+        if isinstance(v, str):
+            if not re.fullmatch(r"(0o?)?[0-7]{1,4}", v.strip()):
+                raise ValueError("an octal mode such as 0o640 or \"0640\"")
+            return int(v.strip().removeprefix("0o"), 8)
+        if isinstance(v, int) and v > 0o777:  # `mode = 640` is decimal: 0o1200
+            raise ValueError(f"{v} is not a file mode: write it in octal, mode = 0o{v}")
+        return v
 
 
 Processor = Annotated[
@@ -202,13 +222,24 @@ class IMAPSettings(_Section):
     batch_size: int = Field(20, ge=1, le=1000)
     max_message_size: int = Field(40 * 1024 * 1024, ge=1024)
 
+    @field_validator("folders")
+    @classmethod
+    def _folders(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _check_mailbox_name(name, "folder")
+        return v
+
     @field_validator("after")
     @classmethod
     def _after(cls, v: str) -> str:
         if v in ("seen", "delete"):
             return v
         kind, _, arg = v.partition(":")
-        if kind in ("move", "flag") and arg:
+        if kind == "move" and arg:
+            _check_mailbox_name(arg, "move target")
+            return v
+        if kind == "flag" and arg:
+            _check_flag(arg)
             return v
         raise ValueError('after must be "seen", "delete", "move:Folder" or "flag:Keyword"')
 
@@ -220,6 +251,28 @@ class IMAPSettings(_Section):
         if self.tls == "none" and not _is_loopback(self.host):
             raise ValueError('tls = "none" is only allowed for a loopback host')
         return self
+
+
+# A CR or LF ends an IMAP command line, so a name carrying one would have the
+# server run the rest as a command of its own (as CVE-2025-15366 in the stdlib's
+# imaplib); NUL is never allowed on the wire.
+_IMAP_LINE_BREAKERS = re.compile(r"[\x00\r\n]")
+# RFC 3501 flag-keyword = atom: printable ASCII without atom-specials.
+_IMAP_FLAG = re.compile(r"\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
+
+
+def _check_mailbox_name(name: str, what: str) -> None:
+    if not name:
+        raise ValueError(f"{what} name is empty")
+    if _IMAP_LINE_BREAKERS.search(name):
+        raise ValueError(f"{what} {name!r} contains CR, LF or NUL, which IMAP cannot carry in a mailbox name")
+
+
+def _check_flag(flag: str) -> None:
+    if _IMAP_LINE_BREAKERS.search(flag):
+        raise ValueError(f"flag {flag!r} contains CR, LF or NUL")
+    if not _IMAP_FLAG.fullmatch(flag):
+        raise ValueError(f"flag {flag!r} is not an IMAP keyword (ASCII letters, digits and -_.$ etc.; no space, ( ) {{ % * \" \\ ])")
 
 
 def _is_loopback(host: str) -> bool:

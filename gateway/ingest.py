@@ -33,7 +33,7 @@ from gateway.errors import MessageTooLarge, NoRoute, PermanentError
 from gateway.observability import INGEST_SECONDS, MESSAGES_RECEIVED, UPLOADS_CREATED, get_logger
 from gateway.pipeline import MailContext
 from gateway.policy import plan_files
-from gateway.preparer import PROCESS_MAX_BYTES, Preparer, PreparerConfig, PreparerProcesses
+from gateway.preparer import ParseTimeout, Preparer, PreparerConfig, PreparerProcesses
 from gateway.routing import Route
 from gateway.storage.blobs import LocalBlobStore
 from gateway.storage.group_commit import GroupCommit
@@ -92,7 +92,8 @@ class Ingestor:
         config = PreparerConfig.from_settings(settings)
         self._preparer = Preparer(config, blobs)
         n = settings.storage.parse_processes
-        self._processes = PreparerProcesses(config, n) if n else None
+        self.parse_timeout = settings.storage.parse_timeout
+        self._processes = PreparerProcesses(config, n, self.parse_timeout) if n else None
         self.max_size = settings.smtp.max_message_size
         self._limit = asyncio.Semaphore(settings.storage.ingest_concurrency)
         self._commit = GroupCommit(sessions, blobs, settings.storage.database_url, settings.storage.sqlite_synchronous)
@@ -163,14 +164,25 @@ class Ingestor:
 
     async def _prepare(self, raw: bytes, envelope: Envelope, queues: list[str] | None) -> MailContext:
         """The pipeline's prepare steps off the event loop: in a helper
-        process, or (large messages, or no helpers configured) in one worker
-        thread hop. The blobs are made durable by the commit's flush."""
-        if self._processes is not None and len(raw) <= PROCESS_MAX_BYTES:
-            ctx = await self._processes.prepare(raw, envelope.rcpt_to, queues)
-            if ctx.unsynced:
-                self.blobs.mark_unsynced()
-            return ctx
-        return await asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False)
+        process, or (no helpers configured) in one worker thread hop. The
+        blobs are made durable by the commit's flush. A parse past
+        ``parse_timeout`` is stopped (a helper) or abandoned (a thread), and
+        the mail is prepared unparsed instead: never lost, never a 451 loop."""
+        try:
+            if self._processes is not None:
+                ctx = await self._processes.prepare(raw, envelope.rcpt_to, queues)
+                if ctx.unsynced:
+                    self.blobs.mark_unsynced()
+                return ctx
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False),
+                self.parse_timeout,
+            )
+        except (ParseTimeout, asyncio.TimeoutError):
+            reason = (f"parse_timeout: parsing took longer than {self.parse_timeout:g} s;"
+                      " the raw message is the document, held for review")
+            log.warning("ingest.parse_timeout", size=len(raw), timeout=self.parse_timeout)
+            return await asyncio.to_thread(self._preparer.prepare_unparsed, raw, envelope.rcpt_to, queues, reason=reason)
 
     async def _commit_mail(self, ctx: MailContext, source: str, envelope: Envelope) -> IngestResult:
         env = envelope.as_dict()

@@ -43,8 +43,14 @@ SKIP_REASONS = {
     "external_body": "message/external-body: a pointer to content elsewhere, none carried",
     "depth_limit": "nested deeper than the limit; kept in the raw message",
     "too_large": "over a size limit; kept in the raw message",
+    "part_limit": "past the first MAX_DOCUMENTS documents of one mail; kept in the raw message",
     "unparseable": "its content could not be decoded; kept in the raw message",
 }
+
+# A mail with more files than this is a part bomb, not a delivery: 24,000 tiny
+# parts made 24,000 tasks and one commit of 16 s. The rest stays in the raw
+# message, each part listed as skipped (part_limit).
+MAX_DOCUMENTS = 1000
 
 # Deeper multipart nesting than this is a torture test, not a mail: the rest
 # of that branch is skipped (depth_limit), the walk stays within the stack.
@@ -89,6 +95,11 @@ class ParsedDocument:
     depth: int = 0
     part: str | None = None  # ledger path; None for the body, made of several parts
     blank: bool = False  # a body with no visible text
+    nbytes: int | None = None  # the size, once ``data`` is dropped (a helper's answer)
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.nbytes is None else self.nbytes
 
 
 class Ledger:
@@ -102,6 +113,7 @@ class Ledger:
         self.defects: list[str] = []
         self.reparsed: list[tuple[Message, str]] = []  # inner messages decoded from base64/QP
         self.charsets: tuple[str, ...] = ()  # declared in the mail, root first: hints for raw 8-bit headers
+        self._limit_noted = False
 
     # --- one message ---------------------------------------------------------
 
@@ -255,6 +267,8 @@ class Ledger:
             if not data:
                 self._entry(part, path, "skipped", size=0, sha=None, reason="empty")
                 return []
+            if self._full(part, path, data):
+                return []
             index = self._add_document(part, path, "inline", ctx, data=data, parent=ctx.body)
             self._entry(part, path, "inline", data=data, document=index)
             return []
@@ -288,6 +302,9 @@ class Ledger:
             if not f.data:
                 self.entries.append(Entry(entry_path, ctype, name, 0, None, "skipped", "empty"))
                 continue
+            if len(self.documents) >= MAX_DOCUMENTS:
+                self.entries.append(Entry(entry_path, ctype, name, len(f.data), _sha(f.data), "skipped", "part_limit"))
+                continue
             index = len(self.documents)
             self.documents.append(ParsedDocument(
                 kind="attachment", filename=mime.sanitize_filename(name, fallback=f"attachment-{index}.bin"),
@@ -301,6 +318,8 @@ class Ledger:
         if not data.strip() if part.get_content_maintype() == "text" else not data:
             self._entry(part, path, "skipped", data=data, reason="empty")
             return []
+        if self._full(part, path, data):
+            return []
         kind = "attachment" if ctx.depth == 0 else "nested"
         index = self._add_document(part, path, kind, ctx, data=data, parent=ctx.parent)
         self._entry(part, path, "document", data=data, document=index)
@@ -310,6 +329,8 @@ class Ledger:
         data, inner = self._attached_message(part, path)
         if not data.strip():
             self._entry(part, path, "skipped", data=data, reason="empty")
+            return
+        if self._full(part, path, data):
             return
         if inner is not None:
             raw_subject = next((v for k, v in inner.raw_items() if k.lower() == "subject"), "")
@@ -358,6 +379,16 @@ class Ledger:
         return data, inner
 
     # --- bookkeeping ------------------------------------------------------------
+
+    def _full(self, part: Message, path: str, data: bytes) -> bool:
+        """Past MAX_DOCUMENTS: the part is listed, skipped, not stored."""
+        if len(self.documents) < MAX_DOCUMENTS:
+            return False
+        if not self._limit_noted:
+            self._limit_noted = True
+            self.defects.append(f"more than {MAX_DOCUMENTS} documents: part {path} and later ones not stored (part_limit)")
+        self._entry(part, path, "skipped", data=data, reason="part_limit")
+        return True
 
     def _add_document(self, part, path, kind, ctx, *, data, parent, content_type=None, fallback=None) -> int:
         index = len(self.documents)

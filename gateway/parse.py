@@ -27,7 +27,7 @@ from email.message import Message
 
 import mailparser
 
-from gateway import mime
+from gateway import mime, parse_guard
 from gateway.ledger import Entry, Ledger, ParsedDocument
 from gateway.mime import sanitize_filename
 from gateway.sniff import sniff_content_type
@@ -80,9 +80,13 @@ class ParsedMail:
 
 
 def parse_message(raw: bytes, *, max_depth: int = MAX_NESTING_DEPTH) -> ParsedMail:
-    fingerprint = message_fingerprint(raw)
+    fingerprint = message_fingerprint(raw)  # of the message as received
     try:
-        return _parse(raw, max_depth, fingerprint)
+        capped, cut = parse_guard.cap_headers(raw)
+        mail = _parse(capped, max_depth, fingerprint)
+        if cut:
+            mail.defects[:0] = cut
+        return mail
     except Exception as exc:  # the contract: a mail is never lost to a parser bug
         text = raw.decode("utf-8", "replace").encode("utf-8")
         body = ParsedDocument("body", "body.txt", None, "text/plain", sniff_content_type(text), text)
@@ -93,6 +97,46 @@ def parse_message(raw: bytes, *, max_depth: int = MAX_NESTING_DEPTH) -> ParsedMa
             date=None, auth_results=[], documents=[body], fingerprint=fingerprint, parts=[entry],
             defects=[f"unparseable: {type(exc).__name__}: {exc}"],
         )
+
+
+# An unparsed mail's headers are read from this much of its start only.
+_UNPARSED_HEAD = 64 * 1024
+_UNPARSED_VALUE = 2048
+
+
+def unparsed_mail(raw: bytes, reason: str) -> ParsedMail:
+    """A mail whose parse did not finish (it ran past the deadline): its few
+    routing headers read from the start of the message with bounded
+    effort, the raw message itself as the body document."""
+    head = raw[:_UNPARSED_HEAD]
+    end = re.search(rb"\r?\n\r?\n", head)
+    head = head[: end.start()] if end else head
+    fields: dict[str, list[str]] = {}
+    for m in re.finditer(rb"(?im)^(message-id|from|to|cc|subject|date|delivered-to|x-original-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)", head):
+        value = m.group(2)[:_UNPARSED_VALUE].decode("utf-8", "replace")
+        fields.setdefault(m.group(1).decode().lower(), []).append(" ".join(value.split()))
+
+    def addresses(*names: str) -> list[str]:
+        return _bare(email.utils.getaddresses([v for n in names for v in fields.get(n, [])]))
+
+    message_id = (fields.get("message-id") or [""])[0].strip("<> ") or None
+    subject = fields.get("subject")
+    sha = hashlib.sha256(raw).hexdigest()
+    body = ParsedDocument("body", "message.eml", None, "message/rfc822", sniff_content_type(raw), raw)
+    return ParsedMail(
+        message_id=message_id,
+        from_addr=(fields.get("from") or [None])[0],
+        to=addresses("to"),
+        cc=addresses("cc"),
+        delivered_to=addresses("delivered-to", "x-original-to"),
+        subject=mime.decode_words(subject[0])[:_UNPARSED_VALUE] if subject else None,
+        date=_lenient_date((fields.get("date") or [None])[0]),
+        auth_results=[],
+        defects=[reason],
+        documents=[body],
+        fingerprint=message_fingerprint(raw),
+        parts=[Entry("1", "message/rfc822", None, len(raw), sha, "document", "parse_timeout", 0)],
+    )
 
 
 def message_fingerprint(raw: bytes) -> str:

@@ -3,12 +3,20 @@
 ``Preparer.prepare`` turns raw bytes into what the row writer needs. The ingest
 runs it in one of two places:
 
-* in a worker thread of the daemon (``parse_processes = 0``, and always for
-  messages larger than ``PROCESS_MAX_BYTES``, which are not worth copying
-  through a pipe);
 * in helper processes (``PreparerProcesses``), ``python -m gateway.preparer``,
-  fed over their stdin and answering on their stdout with length-prefixed
-  pickles, several requests in flight per process.
+  fed over a socket with length-prefixed pickles, several requests in flight
+  per process, answered in order; the answer carries no document bytes (the
+  helper wrote the blobs), only their sizes;
+* in a worker thread of the daemon (``parse_processes = 0``).
+
+Every parse has a deadline (``[storage] parse_timeout``). A helper whose
+current request runs past it is killed, the request fails with
+``ParseTimeout`` (the ingest then stores the mail unparsed, for a person to
+review), and a new helper starts. Requests queued behind a parse that has run
+for ``STALL_SECONDS`` are sent to another helper (started for the purpose if
+need be, at most ``parse_processes`` or 2 more), so that one slow mail does not
+hold the mails behind it. In a thread a parse cannot be stopped: past the
+deadline it is abandoned.
 
 Why processes: with 16 SMTP sessions of small messages the daemon's single
 interpreter was the limit. Parsing in threads competes for the GIL with the
@@ -20,9 +28,9 @@ A helper writes blobs without fsync where the parent can make them durable with
 one ``syncfs`` (see ``storage.blobs``); the parent is told which blobs to count
 as unsynced. A helper ignores SIGINT/SIGTERM (a service stop signals the whole
 group; the parent decides when its work ends) and exits when its stdin closes,
-which also happens when the parent dies. A helper that dies fails its requests
-with a temporary error (the sender retries) and is started again on the next
-request.
+which also happens when the parent dies. A helper that dies on its own fails its
+requests with a temporary error (the sender retries) and is started again on
+the next request.
 """
 
 from __future__ import annotations
@@ -35,14 +43,15 @@ import socket
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from itertools import count
 from typing import NamedTuple
 
 from gateway import parse
 from gateway.errors import NoRoute, TemporaryError
 from gateway.observability import get_logger
-from gateway.pipeline import PREPARE_STEPS, MailContext
+from gateway.pipeline import PREPARE_STEPS, MailContext, parse_step
 from gateway.policy import QueuePolicy
 from gateway.routing import Route, Router
 from gateway.storage import blobs as blobs_mod
@@ -50,8 +59,19 @@ from gateway.storage.blobs import LocalBlobStore
 
 log = get_logger()
 
-# Larger messages are prepared in a thread of the daemon.
-PROCESS_MAX_BYTES = 1024 * 1024
+# A request waiting behind a parse that has run this long goes to another helper.
+STALL_SECONDS = 1.0
+_START_TIMEOUT = 60.0
+_READY = b"READY\n"
+_WATCH_INTERVAL = 0.2
+
+
+class ParseTimeout(Exception):
+    """The parse ran past [storage] parse_timeout and was stopped."""
+
+
+class _Requeue(Exception):
+    """The request was taken back from a helper before it started: send it again."""
 _HEADER = struct.Struct("!Q")
 
 
@@ -119,6 +139,21 @@ class Preparer:
             step(ctx, self)
         return ctx
 
+    def prepare_unparsed(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, reason: str) -> Prepared:
+        """A mail whose parse did not finish: stored all the same, its raw
+        message the one document, its task held for a person."""
+        self.sync_blobs = False
+        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues)
+        ctx.parsed = parse.unparsed_mail(raw, reason)
+        for step in PREPARE_STEPS:
+            if step is not parse_step:
+                step(ctx, self)
+        for plans in ctx.plans.values():
+            for p in plans:
+                if p.index == 0:
+                    p.task, p.status, p.reason = True, "reviewing", reason
+        return ctx
+
 
 # --- the parent's side -------------------------------------------------------------
 
@@ -128,17 +163,21 @@ class _Helper:
 
     It talks over one end of a socketpair given to it as stdin and stdout: the
     parent uses ordinary asyncio socket streams, and needs no child watcher
-    (the process is reaped in a thread when it is closed or found dead).
+    (the process is reaped in a thread when it is closed or found dead). The
+    helper answers in the order it was asked: the oldest request in flight is
+    the one it is working on (``head_since`` tells since when).
     """
 
     def __init__(self, proc: subprocess.Popen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proc = proc
         self.stream_reader = reader
         self.writer = writer
-        self.pending: dict[int, asyncio.Future] = {}
+        self.pending: dict[int, asyncio.Future] = {}  # in the order sent
         self.ids = count()
         self.alive = True
         self.closing = False
+        self.stalled = False  # its head request has run past STALL_SECONDS
+        self.head_since = time.monotonic()
         self.reaped: asyncio.Future | None = None
         self.reader = asyncio.create_task(self._read())
 
@@ -158,17 +197,29 @@ class _Helper:
         finally:
             child.close()
         reader, writer = await asyncio.open_connection(sock=parent)
-        helper = cls(proc, reader, writer)
-        log.info("preparer.started", pid=proc.pid)
         data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
         writer.write(_HEADER.pack(len(data)) + data)
+        # Its start-up (imports, about a second) is not counted against the
+        # first request's deadline: it says when it is ready.
+        try:
+            await asyncio.wait_for(reader.readexactly(len(_READY)), _START_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+            proc.kill()
+            writer.close()
+            await asyncio.get_running_loop().run_in_executor(None, _reap, proc)
+            raise OSError(f"the parser process did not start: {type(e).__name__}") from e
+        helper = cls(proc, reader, writer)
+        log.info("preparer.started", pid=proc.pid)
         return helper
 
-    async def call(self, payload: tuple) -> Prepared:
+    async def submit(self, payload: tuple) -> asyncio.Future:
+        """Send a request; the future resolves with its answer."""
         if not self.alive:
             raise TemporaryError("the parser process exited")
         rid = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
+        if not self.pending:
+            self.head_since = time.monotonic()
         self.pending[rid] = fut
         data = pickle.dumps((rid, payload), protocol=pickle.HIGHEST_PROTOCOL)
         try:
@@ -176,15 +227,50 @@ class _Helper:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, RuntimeError) as e:
+            if fut.done():  # killed by the watchdog while sending (a deadline, a requeue)
+                return fut
             self.pending.pop(rid, None)
             raise TemporaryError(f"the parser process is gone: {e}") from e
-        return await fut
+        return fut
+
+    def head_age(self, now: float) -> float:
+        return now - self.head_since if self.pending else 0.0
+
+    def requeue_waiting(self) -> int:
+        """Take back every request but the one being worked on. The helper
+        still parses them later; their answers are then dropped (their blobs
+        are content-addressed: writing them twice is harmless)."""
+        waiting = list(self.pending)[1:]
+        for rid in waiting:
+            fut = self.pending.pop(rid)
+            if not fut.done():
+                fut.set_exception(_Requeue())
+        return len(waiting)
+
+    def kill_for_timeout(self, timeout: float) -> None:
+        """The head request ran past the deadline: fail it, send the others
+        elsewhere, and kill the process (its reader then reaps it)."""
+        self.requeue_waiting()
+        if self.pending:
+            rid = next(iter(self.pending))
+            fut = self.pending.pop(rid)
+            if not fut.done():
+                fut.set_exception(ParseTimeout(f"parsing took longer than {timeout:g} s"))
+        self.alive = False
+        self.closing = True  # an expected exit: not logged as a crash
+        log.warning("preparer.killed", pid=self.proc.pid, reason="parse_timeout", timeout=timeout)
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
 
     async def _read(self) -> None:
         try:
             while True:
                 (n,) = _HEADER.unpack(await self.stream_reader.readexactly(_HEADER.size))
                 rid, ok, value = pickle.loads(await self.stream_reader.readexactly(n))
+                self.head_since = time.monotonic()
+                self.stalled = False
                 fut = self.pending.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(value) if ok else fut.set_exception(value)
@@ -234,40 +320,85 @@ def _reap(proc: subprocess.Popen) -> None:
 
 
 class PreparerProcesses:
-    """``size`` helper processes, started on first use, requests spread by load."""
+    """``size`` helper processes, started on first use, requests spread by
+    load; a few more while some are stuck on a slow parse."""
 
-    def __init__(self, config: PreparerConfig, size: int) -> None:
+    def __init__(self, config: PreparerConfig, size: int, parse_timeout: float = 20.0) -> None:
         self.config = config
         self.size = size
+        self.parse_timeout = parse_timeout
+        # Spares stand in for helpers stuck on a slow parse, until the deadline kills those.
+        self.most = size + max(size, 2)
         self.helpers: list[_Helper] = []
         self._lock = asyncio.Lock()
         self._closed = False
+        self._watch: asyncio.Task | None = None
 
     async def _helper(self) -> _Helper:
         if self._closed:
             raise TemporaryError("shutting down")
         self.helpers = [h for h in self.helpers if h.alive]
-        if len(self.helpers) < self.size:
+        ready = [h for h in self.helpers if not h.stalled]
+        # Spares replace stalled helpers (a stuck helper is killed at the deadline).
+        if len(ready) < self.size and len(self.helpers) < self.most:
             async with self._lock:
                 self.helpers = [h for h in self.helpers if h.alive]
-                while len(self.helpers) < self.size and not self._closed:
+                ready = [h for h in self.helpers if not h.stalled]
+                while len(ready) < self.size and len(self.helpers) < self.most and not self._closed:
                     try:
                         helper = await _Helper.start(self.config)
                     except OSError as e:
                         raise TemporaryError(f"cannot start a parser process: {e}") from e
                     # (Not helpers.append(await ...): close() may swap the list meanwhile.)
                     self.helpers.append(helper)
+                    ready.append(helper)
             if self._closed:  # close() ran while this one was starting
                 await self.close()
                 raise TemporaryError("shutting down")
-        return min(self.helpers, key=lambda h: len(h.pending))
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watchdog(), name="preparer-watchdog")
+        if ready:
+            return min(ready, key=lambda h: len(h.pending))
+        alive = [h for h in self.helpers if h.alive]
+        if not alive:
+            raise TemporaryError("no parser process")
+        # All stuck: the one whose current parse is youngest is likeliest to be free first.
+        now = time.monotonic()
+        return min(alive, key=lambda h: h.head_age(now))
 
     async def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None) -> Prepared:
-        helper = await self._helper()
-        return await helper.call((raw, list(rcpt_to), queues))
+        """Raises ParseTimeout when the parse ran past the deadline."""
+        payload = (raw, list(rcpt_to), queues)
+        for _ in range(8):  # each round follows a helper taken out of service
+            helper = await self._helper()
+            fut = await helper.submit(payload)
+            try:
+                return await fut
+            except _Requeue:
+                continue
+        raise TemporaryError("the parser processes kept stalling")
+
+    async def _watchdog(self) -> None:
+        """Kill a helper stuck past the deadline; move requests queued behind
+        a slow parse to another helper."""
+        while not self._closed and any(h.alive for h in self.helpers):
+            await asyncio.sleep(_WATCH_INTERVAL)
+            now = time.monotonic()
+            for h in list(self.helpers):
+                if not h.alive or not h.pending:
+                    continue
+                age = h.head_age(now)
+                if age > self.parse_timeout:
+                    h.kill_for_timeout(self.parse_timeout)
+                elif age > STALL_SECONDS and not h.stalled:
+                    h.stalled = True
+                    moved = h.requeue_waiting()
+                    log.info("preparer.stalled", pid=h.proc.pid, seconds=round(age, 1), moved=moved)
 
     async def close(self, timeout: float = 5.0) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         helpers, self.helpers = self.helpers, []
         await asyncio.gather(*(h.close(timeout) for h in helpers), return_exceptions=True)
 
@@ -306,6 +437,16 @@ def _die_with_parent() -> None:
         pass
 
 
+def _strip(ctx: MailContext) -> None:
+    """What goes back to the parent: no bytes it does not need (the blobs are
+    written; the rows want sizes and hashes), so a 30 MB mail is not copied
+    back through the socket."""
+    ctx.raw = b""
+    stripped = [replace(d, data=b"", nbytes=d.size) for d in ctx.parsed.documents]
+    ctx.docs = [(d, sha) for d, (_, sha) in zip(stripped, ctx.docs)]
+    ctx.parsed = replace(ctx.parsed, documents=stripped)
+
+
 def main() -> None:
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -321,12 +462,14 @@ def main() -> None:
     preparer = Preparer(pickle.loads(first))
     # Without syncfs the parent cannot flush what this process wrote: fsync here.
     sync = blobs_mod._syncfs is None
+    out.write(_READY)
+    out.flush()
     while (frame := _read_frame(inp)) is not None:
         rid, (raw, rcpt_to, queues) = pickle.loads(frame)
         try:
             result = preparer.prepare(raw, rcpt_to, queues, sync=sync)
             result.unsynced = not sync
-            result.raw = b""  # the parent has it: not worth sending back
+            _strip(result)
             data = _answer(rid, True, result)
         except Exception as e:
             data = _answer(rid, False, e)
