@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.errors import ConflictStatus, NotFound, PermanentError
 from gateway.queue.states import TaskStatus, UploadStatus, upload_status
+from gateway.routing import Router
 from gateway.storage import models as m
 
 T = TaskStatus
@@ -284,7 +285,33 @@ class Urls:
         return f"{self.base}/{kind}/{id_}" if id_ is not None else None
 
 
-def email_dict(e: m.Email, urls: Urls) -> dict:
+async def recipients_router(s: AsyncSession, organization_id: int | None) -> Router | None:
+    """What an organization's own recipients are: the addresses of its queues
+    (plus-addressing included), for ``email_dict``. None (everything) for the
+    operator."""
+    if organization_id is None:
+        return None
+    # Inactive queues too: mail routed to them before they left the config was
+    # addressed to this organization all the same.
+    return Router(await list_queues(s, organization_id))
+
+
+def visible_envelope(envelope: dict | None, router: Router | None) -> dict:
+    """The envelope as one organization may see it.
+
+    One email row serves every organization it was delivered to, but the SMTP
+    recipients are each delivery's own, possibly Bcc: an organization sees only
+    the recipients that route to one of its queues, never another tenant's.
+    """
+    envelope = dict(envelope or {})
+    if router is not None and "rcpt_to" in envelope:
+        envelope["rcpt_to"] = [a for a in envelope["rcpt_to"] or [] if router.route(a) is not None]
+    return envelope
+
+
+def email_dict(e: m.Email, urls: Urls, router: Router | None = None) -> dict:
+    """``router``: the viewing organization's (``recipients_router``); None
+    shows every recipient (the operator's CLI)."""
     return {
         "id": e.id,
         "url": urls("emails", e.id),
@@ -297,7 +324,7 @@ def email_dict(e: m.Email, urls: Urls) -> dict:
         "date": _ts(e.date),
         "received_at": _ts(e.received_at),
         "source": e.source,
-        "envelope": e.envelope,
+        "envelope": visible_envelope(e.envelope, router),
         "raw_sha256": e.raw_sha256,
         "size": e.size,
         "defects": e.defects,
@@ -318,6 +345,7 @@ async def email_detail(s: AsyncSession, email_id: int, organization_id: int | No
     """An email with its uploads and its part ledger, each part pointing at
     the documents it became in the organization's uploads of the email."""
     email = await get_email(s, email_id, organization_id)
+    router = await recipients_router(s, organization_id)
     q = select(m.Upload.id).where(m.Upload.email_id == email_id).order_by(m.Upload.id)
     if organization_id is not None:
         q = q.where(m.Upload.organization_id == organization_id)
@@ -332,7 +360,7 @@ async def email_detail(s: AsyncSession, email_id: int, organization_id: int | No
         for ordinal, doc_id in rows:
             docs.setdefault(ordinal, []).append(doc_id)
     return {
-        **email_dict(email, urls),
+        **email_dict(email, urls, router),
         "uploads": [urls("uploads", i) for i in upload_ids],
         "parts": [part_dict(p, docs.get(p.get("document"), []), urls) for p in (email.parts or [])],
     }

@@ -57,6 +57,7 @@ from gateway.queue.states import TaskStatus, UploadStatus
 from gateway.queue.steer import transition
 from gateway.storage import models as m
 from gateway.storage.db import is_sqlite, sqlite_path, transaction
+from gateway.storage.text import storable
 
 log = get_logger()
 
@@ -129,6 +130,10 @@ async def claim_tasks(
             )
         email_ids = {u.email_id for u in uploads.values() if u.email_id is not None}
         emails = {e.id: e for e in await s.scalars(select(m.Email).where(m.Email.id.in_(email_ids)))} if email_ids else {}
+        # A processor works for its upload's organization: the email it is shown
+        # names only that organization's recipients, as the API's does.
+        orgs = {u.organization_id for u in uploads.values() if u.email_id is not None}
+        routers = {o: await sv.recipients_router(s, o) for o in orgs}
         urls = sv.Urls(base_url)
         claimed = []
         for task in tasks:
@@ -138,7 +143,7 @@ async def claim_tasks(
                 "task": {**sv.task_dict(task, urls), "attempt": task.attempts},
                 "upload": sv.upload_dict(upload, urls, UploadStatus.PROCESSING),
                 "document": sv.document_dict(doc, urls),
-                "email": sv.email_dict(email, urls) if email is not None else None,
+                "email": sv.email_dict(email, urls, routers[upload.organization_id]) if email is not None else None,
             }
             job = Job(
                 task_id=task.id,
@@ -441,18 +446,27 @@ class WorkerPool:
             if isinstance(outcome, Outcome):
                 review = outcome.review or self._review.get(job.queue, False)
                 target = T.REVIEWING if review else T.COMPLETED
-                transition(s, task, target, actor=self.worker, reason="processed", result=outcome.result, last_error=None, **common)
+                # A processor's output is text from outside (a command's stdout, a
+                # webhook's reply): made storable, or PostgreSQL refuses the finish
+                # and the task runs again when its lease expires, forever.
+                transition(
+                    s, task, target, actor=self.worker, reason="processed",
+                    result=storable(outcome.result), last_error=None, **common,
+                )
             elif isinstance(outcome, RetryLater) and self.retry.should_retry(task.attempts):
                 delay = self.retry.delay(task.attempts, outcome.retry_after)
                 transition(
-                    s, task, T.QUEUED, actor=self.worker, reason=f"retry in {delay:.1f}s: {outcome}"[:1000],
-                    last_error=str(outcome), run_after=utcnow() + dt.timedelta(seconds=delay), **common,
+                    s, task, T.QUEUED, actor=self.worker, reason=storable(f"retry in {delay:.1f}s: {outcome}"[:1000]),
+                    last_error=storable(str(outcome)), run_after=utcnow() + dt.timedelta(seconds=delay), **common,
                 )
                 requeued = True
                 tlog.info("task.retry_scheduled", delay=round(delay, 3), attempts=task.attempts, error=str(outcome))
             else:
                 why = str(outcome) if isinstance(outcome, ProcessorFailed) else f"gave up after {task.attempts} attempts: {outcome}"
-                transition(s, task, T.FAILED, actor=self.worker, reason=why[:1000], last_error=str(outcome), **common)
+                transition(
+                    s, task, T.FAILED, actor=self.worker, reason=storable(why[:1000]),
+                    last_error=storable(str(outcome)), **common,
+                )
                 tlog.warning("task.failed", attempts=task.attempts, error=str(outcome))
         if requeued:
             # Sleeping dispatchers (here and elsewhere) recompute when to wake.

@@ -15,6 +15,11 @@ gateway's CPU per 2 KB message, about ten times what sqlite3 itself spends. The
 statements here store exactly what SQLAlchemy's types would (JSON text, naive
 UTC datetimes in SQLAlchemy's SQLite format), and the test suite reads every row
 back through the models on both backends.
+
+Every insert here passes its text through ``storage.text.storable`` (NUL and
+lone surrogates → U+FFFD): this is the one place every ingest's rows are
+written (mail through ``commit``, and the HTTP upload's own upload row), so a
+name or header PostgreSQL cannot hold is caught here rather than by each caller.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.errors import DatabaseUnavailable
 from gateway.storage import models as m
 from gateway.storage.db import sqlite_pragmas
+from gateway.storage.text import storable, storable_row
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class CoreRows:
         return self.conn.execute(_SELECT_EMAIL, {"fingerprint": fingerprint}).scalar_one_or_none()
 
     def insert_email(self, row: dict) -> int:
-        return self.conn.execute(_INSERT_EMAIL, row).scalar_one()
+        return self.conn.execute(_INSERT_EMAIL, storable_row(row)).scalar_one()
 
     def upload_id(self, email_id: int, queue_id: int) -> int | None:
         return self.conn.execute(_SELECT_UPLOAD, {"email_id": email_id, "queue_id": queue_id}).scalar_one_or_none()
@@ -107,9 +113,10 @@ class CoreRows:
         return dict(self.conn.execute(_SELECT_SEEN, {"queue_id": queue_id, "hashes": hashes}).all())
 
     def insert_upload(self, row: dict) -> int:
-        return self.conn.execute(_INSERT_UPLOAD, row).scalar_one()
+        return self.conn.execute(_INSERT_UPLOAD, storable_row(row)).scalar_one()
 
     def insert_documents(self, rows: list[dict]) -> list[int]:
+        rows = [storable_row(r) for r in rows]
         if len(rows) == 1:
             return [self.conn.execute(_INSERT_DOCUMENT, rows[0]).scalar_one()]
         return list(self.conn.execute(_INSERT_DOCUMENTS, rows).scalars().all())
@@ -118,7 +125,7 @@ class CoreRows:
         return list(self.conn.execute(_INSERT_TASKS, rows).scalars().all())
 
     def insert_task_events(self, rows: list[dict]) -> None:
-        self.conn.execute(_INSERT_TASK_EVENTS, rows)
+        self.conn.execute(_INSERT_TASK_EVENTS, [storable_row(r) for r in rows])
 
 
 # --- sqlite3 --------------------------------------------------------------------------
@@ -192,6 +199,7 @@ class SqliteRows:
         return self._one("SELECT id FROM emails WHERE fingerprint = ?", (fingerprint,))
 
     def insert_email(self, row: dict) -> int:
+        row = storable_row(row)
         return self._one(
             _SQL_EMAIL,
             (
@@ -220,6 +228,7 @@ class SqliteRows:
         return dict(self.con.execute(sql, (queue_id, *hashes)).fetchall())
 
     def insert_upload(self, row: dict) -> int:
+        row = storable_row(row)
         return self._one(
             _SQL_UPLOAD,
             (row["queue_id"], row["organization_id"], row["email_id"], row["name"], _js(row["metadata"]), self.now()),
@@ -227,7 +236,7 @@ class SqliteRows:
 
     def insert_documents(self, rows: list[dict]) -> list[int]:
         # One statement per row: RETURNING does not work with executemany.
-        return [self._one(_SQL_DOCUMENT, tuple(r.get(c) for c in _DOCUMENT_COLS)) for r in rows]
+        return [self._one(_SQL_DOCUMENT, tuple(storable(r.get(c)) for c in _DOCUMENT_COLS)) for r in rows]
 
     def insert_tasks(self, rows: list[dict]) -> list[int]:
         now = self.now()
@@ -239,7 +248,8 @@ class SqliteRows:
     def insert_task_events(self, rows: list[dict]) -> None:
         now = self.now()
         self.con.executemany(
-            _SQL_EVENT, [(r["task_id"], r["from_status"], r["to_status"], now, r["actor"], r["reason"]) for r in rows]
+            _SQL_EVENT,
+            [(r["task_id"], r["from_status"], r["to_status"], now, r["actor"], storable(r["reason"])) for r in rows],
         )
 
 
