@@ -8,8 +8,11 @@ what never will. The pieces:
 * ``GatewayHandler`` — aiosmtpd handler hooks (EHLO, MAIL, RCPT, DATA,
   exception): routing, the envelope, the mapping of ``gateway.errors`` to replies.
 * ``GatewaySMTP`` — the protocol, subclassed for what a handler cannot do:
-  connection limits (421 before the greeting), a DATA reader that refuses bare CR
-  and LF (SMTP smuggling) and enforces the size limit while reading (552 5.3.4,
+  connection limits (421 before the greeting), a DATA reader that ends the data
+  only on ``CRLF . CRLF``, takes bare-LF line ends as line ends (as Postfix 3.9's
+  ``smtpd_forbid_bare_newline = normalize``), refuses bare CR and any lone-dot
+  line that some other server could take for an end of data (SMTP smuggling),
+  and enforces the size limit while reading (552 5.3.4,
   nothing kept past the limit) and the memory budget shared by all sessions
   (452 4.3.1, the sender retries), and a graceful stop.
 * ``SMTPListener`` — the ``gateway serve`` component: a server on the daemon's own
@@ -327,9 +330,7 @@ class GatewaySMTP(SMTP):
         it opens the data). A line-by-line loop cost more CPU than the rest of
         the protocol for a 200 KB message.
 
-        Lines must end in CRLF. A bare CR or LF anywhere is refused (SMTP smuggling:
-        another server might have seen an end of data in ``<LF>.<CR><LF>`` or
-        ``<CR>.<CR>``, so what follows could be a second, forged message). The size
+        Line ends are checked once the data is complete (``_finish_data``). The size
         limit is checked as bytes arrive; past it nothing more is kept. Either way
         the rest of the data is read up to the dot, so the session stays in step.
         Every byte kept is reserved from the listener's memory budget first; when
@@ -390,22 +391,44 @@ class GatewaySMTP(SMTP):
         return _finish_data(data)
 
 
+# A dot alone between two line breaks of which at least one is not CRLF (the
+# reader stopped at the first CRLF.CRLF, so none is left in the data): the
+# SMTP-smuggling payloads <LF>.<LF>, <LF>.<CR><LF>, <CR><LF>.<LF>, <CR>.<CR>,
+# <CR><LF>.<CR><CR><LF>... A server on the way in or out may have taken it
+# for the end of the data and what follows for a second message.
+_FAKE_END_OF_DATA = re.compile(rb"[\r\n]\.[\r\n]")
+# The start of every line, whether it ended in CRLF or in a bare LF.
+_LINE_START_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
 def _finish_data(data: bytes) -> bytes:
-    """Refuse bare CR/LF; undo dot-stuffing (RFC 5321 4.5.2)."""
+    """Check the line ends; undo dot-stuffing (RFC 5321 4.5.2).
+
+    A bare LF ends a line, as Postfix 3.9 does by default (scanners and small
+    scripts send them; ``smtpd_forbid_bare_newline = normalize``), but the data
+    is returned as received: the stored raw is what the sender sent, and the
+    fingerprint already reads CRLF and LF alike. A lone-dot line next to a
+    bare CR or LF does not end the data (nor does it for Postfix) and is
+    refused rather than kept as content: no honest client sends one (it would
+    be dot-stuffed), and what follows it is a second, forged message meant for
+    a server that splits there. A bare CR is refused: no client we serve sends
+    it, and our parser would take it for a line end where Postfix does not.
+    """
     crlf = data.count(b"\r\n")
-    # Every CR and every LF belongs to a CRLF pair, or one of them is bare.
-    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
-        raise _bare()
-    if b"\r\n." not in data and not data.startswith(b"."):
-        return data
-    return (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
-
-
-def _bare() -> _Reject:
-    return _Reject(
-        "554 5.6.0 Message refused: bare CR or LF in data (lines must end in CRLF)",
-        "bare CR or LF in data",
-    )
+    cr = data.count(b"\r")
+    if cr == crlf and data.count(b"\n") == crlf:  # CRLF only: the common case
+        if b"\r\n." not in data and not data.startswith(b"."):
+            return data
+        return (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
+    if _FAKE_END_OF_DATA.search(data) or data[:2] in (b".\r", b".\n"):
+        raise _Reject(
+            "554 5.6.0 Message refused: a line holding only a dot must end in CRLF"
+            " and follow a CRLF (SMTP smuggling)",
+            "lone dot next to a bare CR or LF (smuggling)",
+        )
+    if cr != crlf:
+        raise _Reject("554 5.6.0 Message refused: bare CR in data", "bare CR in data")
+    return _LINE_START_DOT.sub(b"", data)
 
 
 def _too_big(limit: int) -> _Reject:

@@ -183,8 +183,9 @@ SMUGGLED = (
     b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<invoices@ap.example.com>\r\nDATA\r\n"
     b"From: ceo@victim.example\r\nSubject: smuggled\r\n\r\npay now\r\n"
 )
+# A bare LF alone is a line end (tests/ingress/test_smtp_bare_lf.py, with the
+# whole matrix of smuggling payloads); next to a lone dot it is refused.
 PAYLOADS = {
-    "bare-lf": b"Subject: one\r\n\r\nline one\nline two\r\n",
     "lf-dot-crlf": b"Subject: one\r\n\r\nhello\n.\r\n" + SMUGGLED,
     "cr-dot-cr": b"Subject: one\r\n\r\nhello\r.\r" + SMUGGLED,
     "crlf-dot-lf": b"Subject: one\r\n\r\nhello\r\n.\n" + SMUGGLED,
