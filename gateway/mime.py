@@ -9,6 +9,7 @@ import binascii
 import codecs
 import email
 import email.header
+import email.parser
 import io
 import mimetypes
 import quopri
@@ -42,8 +43,21 @@ _MIME.add_type("message/feedback-report", ".txt")
 _MIME.add_type("text/rfc822-headers", ".txt")
 
 
+# The parser is fed this many bytes at a time (see parse_bytes).
+_FEED_BYTES = 1024 * 1024
+
+
 def parse_bytes(data: bytes) -> Message:
-    return email.message_from_bytes(data, _class=Part, policy=compat32)
+    """``email.message_from_bytes``, fed in pieces: the stdlib decodes the whole
+    message to one str and copies it into a StringIO before splitting it into
+    lines, a peak of 7.7 times a 30 MB message (tracemalloc); fed 1 MiB at a
+    time, 2.8 times. The tree is the same (the stdlib feeds its parser in
+    pieces too, and ASCII with surrogateescape decodes byte by byte)."""
+    parser = email.parser.BytesFeedParser(_factory=Part, policy=compat32)
+    view = memoryview(data)
+    for start in range(0, len(data), _FEED_BYTES):
+        parser.feed(view[start:start + _FEED_BYTES].tobytes())
+    return parser.close()
 
 
 class Part(Message):
