@@ -75,8 +75,9 @@ async def start_gateway(db_url, make_settings):
     a fresh database of each backend; stopped at teardown."""
     stack = AsyncExitStack()
 
-    async def start(**smtp) -> LiveGateway:
-        settings = make_settings(db_url, smtp={"enabled": True, "port": 0, "hostname": "gw.test", **smtp})
+    async def start(storage: dict | None = None, **smtp) -> LiveGateway:
+        settings = make_settings(db_url, smtp={"enabled": True, "port": 0, "hostname": "gw.test", **smtp},
+                                 storage=storage or {})
         rt = await stack.enter_async_context(open_runtime(settings, migrate=True))
         listener = SMTPListener(rt)
         await listener.start()

@@ -426,11 +426,12 @@ async def _until(event: threading.Event, timeout: float = 120) -> None:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_large_message_does_not_stall_another_session(smtp_gateway, monkeypatch):
+async def test_large_message_does_not_stall_another_session(start_gateway, monkeypatch):
     """A 40 MB message is held inside parsing, then inside hashing/writing (both
-    in worker threads); a small message on a second connection is accepted each
-    time. Were either step run on the event loop, the small one could not be."""
-    gw = smtp_gateway
+    in worker threads, parse_processes = 0: with helpers, tests/test_parse_deadline.py);
+    a small message on a second connection is accepted each time. Were either
+    step run on the event loop, the small one could not be."""
+    gw = await start_gateway(storage={"parse_processes": 0})
     big = make_mail(msgid="<big@x>", pdf=os.urandom(29_000_000))
     assert 39_000_000 < len(big) < gw.rt.settings.smtp.max_message_size
     in_parse, go_parse, in_store, go_store = (threading.Event() for _ in range(4))
