@@ -84,6 +84,11 @@ def write_mail(rows: Rows, ctx: MailContext, source: str, envelope: dict, queue_
         )
         task_ids = add_documents(rows, upload_id, q, ctx.docs, ctx.plans[route.queue], actor=source)
         uploads.append(UploadResult(upload_id, q.name, task_ids, created=True))
+    if not new_email and envelope.get("rcpt_to") and any(u.created for u in uploads):
+        # A later delivery to other queues (a sending MTA splits recipients by
+        # domain): the email row keeps the first delivery's envelope, so add
+        # this one's recipients, or its organization would see none of its own.
+        rows.add_recipients(email_id, envelope["rcpt_to"])
     return email_id, uploads
 
 

@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import DatabaseUnavailable
@@ -58,6 +58,20 @@ class Rows(Protocol):
     def insert_documents(self, rows: list[dict]) -> list[int]: ...
     def insert_tasks(self, rows: list[dict]) -> list[int]: ...
     def insert_task_events(self, rows: list[dict]) -> None: ...
+    def add_recipients(self, email_id: int, addresses: list[str]) -> None: ...
+
+
+def merged_recipients(envelope: dict | None, addresses: list[str]) -> dict | None:
+    """``envelope`` with ``addresses`` added to its ``rcpt_to`` (case-insensitively
+    new ones, in order), or None when it has them all already."""
+    envelope = dict(envelope or {})
+    rcpt = list(envelope.get("rcpt_to") or [])
+    known = {a.lower() for a in rcpt}
+    added = [a for a in dict.fromkeys(addresses) if a.lower() not in known]
+    if not added:
+        return None
+    envelope["rcpt_to"] = rcpt + added
+    return envelope
 
 
 # --- SQLAlchemy Core ------------------------------------------------------------------
@@ -85,6 +99,11 @@ _INSERT_DOCUMENT = insert(_documents).returning(_documents.c.id)
 _INSERT_DOCUMENTS = insert(_documents).returning(_documents.c.id, sort_by_parameter_order=True)
 _INSERT_TASKS = insert(_tasks).returning(_tasks.c.id, sort_by_parameter_order=True)
 _INSERT_TASK_EVENTS = insert(_task_events)
+# Locked: two deliveries of one message to different queues may add at once.
+_SELECT_ENVELOPE = select(_emails.c.envelope).where(_emails.c.id == bindparam("email_id")).with_for_update()
+_UPDATE_ENVELOPE = (
+    update(_emails).where(_emails.c.id == bindparam("email_id")).values(envelope=bindparam("new_envelope"))
+)
 
 
 class CoreRows:
@@ -126,6 +145,12 @@ class CoreRows:
 
     def insert_task_events(self, rows: list[dict]) -> None:
         self.conn.execute(_INSERT_TASK_EVENTS, [storable_row(r) for r in rows])
+
+    def add_recipients(self, email_id: int, addresses: list[str]) -> None:
+        envelope = self.conn.execute(_SELECT_ENVELOPE, {"email_id": email_id}).scalar_one()
+        merged = merged_recipients(envelope, addresses)
+        if merged is not None:
+            self.conn.execute(_UPDATE_ENVELOPE, {"email_id": email_id, "new_envelope": storable(merged)})
 
 
 # --- sqlite3 --------------------------------------------------------------------------
@@ -251,6 +276,12 @@ class SqliteRows:
             _SQL_EVENT,
             [(r["task_id"], r["from_status"], r["to_status"], now, r["actor"], storable(r["reason"])) for r in rows],
         )
+
+    def add_recipients(self, email_id: int, addresses: list[str]) -> None:
+        (envelope,) = self.con.execute("SELECT envelope FROM emails WHERE id = ?", (email_id,)).fetchone()
+        merged = merged_recipients(json.loads(envelope) if envelope else None, addresses)
+        if merged is not None:
+            self.con.execute("UPDATE emails SET envelope = ? WHERE id = ?", (_js(storable(merged)), email_id))
 
 
 def _database_error(e: sqlite3.Error) -> BaseException:

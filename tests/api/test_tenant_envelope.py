@@ -67,3 +67,22 @@ async def test_a_processor_is_shown_only_its_organizations_recipients(api):
     finally:
         await pool.stop(5)
     assert seen == {"invoices": ACME, "receipts": ACME, "orders": GLOBEX}
+
+
+async def test_separate_deliveries_each_show_their_own_recipients(api):
+    # A sending MTA delivers per destination domain: the same message twice,
+    # one email row; the second delivery's organization sees its recipient.
+    raw = mail(to="invoices@ap.example.com")
+    for rcpts in ([ACME[0]], GLOBEX, [ACME[0]], [ACME[1]]):
+        await api.rt.ingestor.ingest(raw, "smtp", Envelope(mail_from="billing@supplier.example", rcpt_to=rcpts))
+    async with api.rt.sessions() as s:
+        urls = sv.Urls("http://gw.test")
+        uploads = await sv.list_uploads(s)
+        [email_id] = {u.email_id for u in uploads.items}
+        assert len(uploads.items) == 3
+        every = (await sv.email_detail(s, email_id, None, urls))["envelope"]["rcpt_to"]
+    assert every == [ACME[0], GLOBEX[0], ACME[1]]  # each once, in order of arrival
+    url = f"/api/v1/emails/{email_id}"
+    async with api.client("acme") as acme, api.client("globex") as globex:
+        assert (await acme.get(url)).json()["envelope"]["rcpt_to"] == ACME
+        assert (await globex.get(url)).json()["envelope"]["rcpt_to"] == GLOBEX
