@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the test suite needs that a fresh machine may lack. The tests
-# start their own throwaway Dovecot and Postfix (tests/peers/) from these
+# start their own throwaway Dovecot, Postfix and NSD (tests/peers/) from these
 # packages' binaries; they never install anything themselves, because parallel
 # test workers doing that at the same moment would fight over apt's lock. Where
 # the packages cannot be installed, the tests that need them are skipped with
@@ -13,6 +13,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 PATH="$PATH:/usr/sbin:/sbin"
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd)
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
+command -v nsd >/dev/null 2>&1 || need+=(nsd)  # the test DNS server (tests/peers/dns.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test dependencies: ${need[*]}"
