@@ -17,6 +17,7 @@ from gateway.errors import ConflictStatus, NotFound, PermanentError
 from gateway.queue.states import TaskStatus, UploadStatus, upload_status
 from gateway.routing import Router
 from gateway.storage import models as m
+from gateway.storage.text import storable
 
 T = TaskStatus
 
@@ -336,9 +337,9 @@ async def rename_upload(s: AsyncSession, upload_id: int, *, name: str | None, me
     """Name an upload and add to its metadata (an HTTP upload of an .eml)."""
     upload = await s.get(m.Upload, upload_id)
     if name:
-        upload.name = name
+        upload.name = storable(name)
     if metadata:
-        upload.meta = {**(upload.meta or {}), **metadata}
+        upload.meta = storable({**(upload.meta or {}), **metadata})
 
 
 async def email_detail(s: AsyncSession, email_id: int, organization_id: int | None, urls: Urls) -> dict:

@@ -16,6 +16,7 @@ from gateway.observability import get_logger
 from gateway.queue.states import TaskStatus, check_transition
 from gateway.storage import models as m
 from gateway.storage.db import transaction
+from gateway.storage.text import storable
 
 log = get_logger()
 
@@ -40,10 +41,11 @@ def transition(s: AsyncSession, task: m.Task, target: str, *, actor: str, reason
     # Plain strings: an enum here would show as <TaskStatus.X: 'x'> in the 409 detail.
     target = str(target)
     check_transition(task.status, target)
-    s.add(m.TaskEvent(task_id=task.id, from_status=task.status, to_status=target, actor=actor, reason=reason))
+    # Text from people and processors: made storable as every ingest row is.
+    s.add(m.TaskEvent(task_id=task.id, from_status=task.status, to_status=target, actor=actor, reason=storable(reason)))
     task.status = target
     for k, v in fields.items():
-        setattr(task, k, v)
+        setattr(task, k, storable(v))
     # No process counter here: /metrics counts transitions from task_events, so
     # those made by the CLI or another instance are counted too.
     log.info("task.transition", task_id=task.id, upload_id=task.upload_id, to_status=str(target), actor=actor)
