@@ -64,8 +64,11 @@ def write_mail(rows: Rows, ctx: MailContext, source: str, envelope: dict, queue_
                 "defects": parsed.defects,
                 "auth_results": parsed.auth_results,
                 "parts": parsed.ledger(),
+                "authentication": ctx.authentication,
             }
         )
+    for queue, domain, name, address in ctx.learn:
+        rows.learn_sender(queue_row(rows, queue).id, domain, name, address)
     for route in ctx.routes:
         q = queue_row(rows, route.queue)
         # An email inserted by this transaction has no uploads yet.

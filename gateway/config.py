@@ -175,6 +175,25 @@ Processor = Annotated[
 ]
 
 
+class SenderPolicy(_Section):
+    # What a sender must prove: nothing, an SPF or DKIM pass, or a DMARC pass.
+    require: Literal["none", "spf_or_dkim", "dmarc"] = "none"
+    # When it does not (or is denied, or looks like a known sender): hold every
+    # task for a person, refuse the mail (SMTP 550 5.7.1), or let it through.
+    on_failure: Literal["review", "reject", "accept"] = "review"
+    # Address or domain patterns (fnmatch): "billing@supplier.example",
+    # "supplier.example", "*.supplier.example". Allowed senders skip the checks.
+    allow: list[str] = []
+    deny: list[str] = []
+    # Hold mail from a domain or display name that resembles a known sender's.
+    lookalike: bool = True
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return [p.strip().lower() for p in v if p.strip()]
+
+
 class QueueSettings(_Section):
     name: str = Field(min_length=1)
     organization: str
@@ -189,6 +208,7 @@ class QueueSettings(_Section):
     # "open": a forwarded message's body and files become documents and tasks;
     # "keep": the forwarded .eml itself is the task.
     forwarded: Literal["open", "keep"] = "open"
+    sender_policy: SenderPolicy = SenderPolicy()
 
     @field_validator("addresses")
     @classmethod
@@ -200,6 +220,21 @@ class QueueSettings(_Section):
                 raise ValueError(f"not an email address: {a!r}")
             out.append(a)
         return out
+
+
+class AuthenticationSettings(_Section):
+    # Verify SPF, DKIM, DMARC and ARC of every mail (gateway/sender_auth).
+    enabled: bool = False
+    # Our name in the Authentication-Results we write (default: [smtp] hostname).
+    authserv_id: str | None = None
+    # DNS servers asked, "host" or "host:port" (IP addresses); empty: /etc/resolv.conf.
+    nameservers: list[str] = []
+    timeout: float = Field(2.0, gt=0, le=30)  # seconds per lookup
+    budget: float | None = Field(None, gt=0, le=120)  # DNS seconds per mail (default 2 x timeout)
+    cache_size: int = Field(10_000, ge=1, le=10_000_000)
+    # For IMAP and replay: upstream Authentication-Results (topmost only) trusted
+    # from these authserv-ids (your mailbox provider's), for SPF and DMARC.
+    trusted_authserv_ids: list[str] = []
 
 
 class IMAPSettings(_Section):
@@ -299,6 +334,7 @@ class Settings(_Section):
     organizations: list[OrganizationSettings] = []
     queues: list[QueueSettings] = []
     imap: list[IMAPSettings] = []
+    authentication: AuthenticationSettings = AuthenticationSettings()
     # Where the file was read from; relative paths were resolved against its folder.
     source: Path | None = None
 

@@ -35,6 +35,7 @@ from gateway.pipeline import MailContext
 from gateway.policy import plan_files
 from gateway.preparer import ParseTimeout, Preparer, PreparerConfig, PreparerProcesses
 from gateway.routing import Route
+from gateway.sender_check import SenderCheck
 from gateway.storage.blobs import LocalBlobStore
 from gateway.storage.group_commit import GroupCommit
 from gateway.storage.rows import QueueRow, Rows
@@ -96,6 +97,7 @@ class Ingestor:
         self._processes = PreparerProcesses(config, n, self.parse_timeout) if n else None
         self.max_size = settings.smtp.max_message_size
         self._limit = asyncio.Semaphore(settings.storage.ingest_concurrency)
+        self.senders = SenderCheck(settings, sessions)
         self._commit = GroupCommit(sessions, blobs, settings.storage.database_url, settings.storage.sqlite_synchronous)
         self._queues: dict[str, QueueRow] = {}
         # Called after every commit that created tasks (the queue's wake-up).
@@ -148,9 +150,14 @@ class Ingestor:
         # messages/s, measured) with the parser helper and the writer idle.
         async with self._limit if len(raw) > SMALL_MESSAGE_BYTES else contextlib.nullcontext():
             try:
-                ctx = await self._prepare(raw, envelope, queues)
-                ctx.raw = raw
+                verdict = await self.senders.verify(raw, source, envelope)
+                stored = self.senders.stamp(raw, verdict)
+                ctx = await self._prepare(stored, envelope, queues)
+                ctx.raw, ctx.authentication = stored, verdict
+                await self.senders.decide(ctx, source)
                 result = await self._commit_mail(ctx, source, envelope)
+                if ctx.learn:
+                    self.senders.learned(ctx)
             except PermanentError:
                 MESSAGES_RECEIVED.labels(source, "rejected").inc()
                 raise

@@ -1,12 +1,13 @@
 """The ingest pipeline: named steps from raw bytes to committed rows.
 
-    parse (with the part ledger) → route → policy → store → commit → notify
+    verify → parse (with the part ledger) → route → policy → store → sender → commit → notify
 
-The first four are CPU and file work; they run off the event loop, in a
+Parse to store are CPU and file work; they run off the event loop, in a
 helper process or a worker thread (``gateway.preparer``), one after the other
-over one ``MailContext``. ``commit`` (``gateway.commit``, all rows in one
-transaction) and ``notify`` (wake the workers, ``gateway.queue.wakeup``) run in
-the daemon's process, after the blobs are durable.
+over one ``MailContext``. ``verify`` and ``sender`` (``gateway.sender_check``:
+DNS, and each queue's known senders), ``commit`` (``gateway.commit``, all rows
+in one transaction, after the blobs are durable) and ``notify`` (wake the
+workers, ``gateway.queue.wakeup``) run in the daemon's process.
 
 A new step is a function ``step(ctx, env)`` put into ``PREPARE_STEPS`` at its
 place: a sender verdict goes after ``route`` and marks plans ``reviewing``
@@ -40,6 +41,10 @@ class MailContext:
     raw_sha: str = ""
     docs: list[tuple[parse.ParsedDocument, str]] = field(default_factory=list)  # with sha256
     unsynced: bool = False  # blobs written by a helper, to be flushed by the parent
+    # The sender step's (gateway.sender_check): our verdict, stored with the
+    # email, and senders to learn as known, (queue, domain, display name, address).
+    authentication: dict | None = None
+    learn: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 Step = Callable[[MailContext, "Preparer"], None]

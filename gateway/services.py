@@ -330,6 +330,7 @@ def email_dict(e: m.Email, urls: Urls, router: Router | None = None) -> dict:
         "size": e.size,
         "defects": e.defects,
         "auth_results": e.auth_results,
+        "authentication": e.authentication,
     }
 
 

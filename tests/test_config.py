@@ -98,7 +98,8 @@ def test_every_option_is_in_the_example_with_a_comment():
         c.StorageSettings: "storage", c.SMTPSettings: "smtp", c.HTTPSettings: "http",
         c.WorkerSettings: "workers", c.LoggingSettings: "logging", c.QueueSettings: "queues",
         c.IMAPSettings: "imap", c.WebhookProcessor: "processors", c.CommandProcessor: "processors",
-        c.FolderProcessor: "processors",
+        c.FolderProcessor: "processors", c.SenderPolicy: "sender_policy",
+        c.AuthenticationSettings: "authentication",
     }
     missing = []
     for model, section in sections.items():

@@ -113,7 +113,13 @@ class Email(_Out):
     raw_sha256: str
     size: int
     defects: list[str]
-    auth_results: list[Any]
+    auth_results: list[Any] = Field(description="Authentication-Results the mail carried (claims, not our verdict)")
+    authentication: dict[str, Any] | None = Field(
+        None,
+        description="Our verdict ([authentication] enabled): spf {result, domain, reason}, dkim [{result, domain, "
+        "selector, reason}], dmarc {result, policy, aligned, domain, reason}, arc {result, reason}; results are "
+        "RFC 8601 words (pass, fail, softfail, neutral, none, temperror, permerror)",
+    )
     uploads: list[str] = Field(description="URLs of this organization's uploads of the email")
     parts: list[Part] = Field(description="The part ledger: every MIME part and its outcome (empty for mail stored before it existed)")
 

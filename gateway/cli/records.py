@@ -93,6 +93,8 @@ def _upload_lines(u, status: str, d: dict, email, docs, tasks) -> list[str]:
         lines.append(f"  email     {email.id} from {email.from_addr} ({email.source}, {email.size} bytes)")
         if email.defects:
             lines.append(f"  defects   {'; '.join(email.defects[:5])}")
+        if email.authentication:
+            lines.append(f"  sender    {_verdict_line(email.authentication)}")
     tasks_by_doc: dict[int | None, list] = {}
     for t in tasks:
         tasks_by_doc.setdefault(t.document_id, []).append(t)
@@ -170,6 +172,8 @@ async def emails_show(ctx: Ctx, email_id: int, as_json: bool) -> None:
     click.echo(f"  uploads   {', '.join(u.rsplit('/', 1)[-1] for u in d['uploads']) or '-'}")
     for defect in d["defects"][:5]:
         click.echo(f"  defect    {defect}")
+    if d.get("authentication"):
+        click.echo(f"  sender    {_verdict_line(d['authentication'])}")
     click.echo("  parts:")
     if not d["parts"]:
         click.echo("    (no ledger: stored before the part ledger existed)")
@@ -323,3 +327,11 @@ tasks_complete = _steer_command("complete", "Mark tasks in review as completed."
 tasks_discard = _steer_command("discard", "Drop queued, failed or reviewing tasks.")
 
 
+def _verdict_line(v: dict) -> str:
+    """spf=pass dkim=pass(supplier.example) dmarc=pass arc=none, one line."""
+    dkim = ",".join(f"{d.get('result')}({d.get('domain')})" for d in v.get("dkim") or []) or "none"
+    parts = [f"spf={(v.get('spf') or {}).get('result')}", f"dkim={dkim}",
+             f"dmarc={(v.get('dmarc') or {}).get('result')}", f"arc={(v.get('arc') or {}).get('result')}"]
+    if v.get("ignored"):
+        parts.append("(a forged Authentication-Results was ignored)")
+    return " ".join(parts)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP
 
 from gateway.errors import MessageTooLarge, NoRoute, PermanentError, TemporaryError
+from gateway.sender_check import SenderRejected
 from gateway.ingest import Envelope, IngestResult
 from gateway.observability import SMTP_BUFFERED_BYTES, SMTP_REPLIES, SMTP_SESSIONS, get_logger
 
@@ -147,6 +148,11 @@ class GatewayHandler:
         except NoRoute as e:
             slog.info("smtp.rejected", code=550, reason=str(e))
             return "550 5.1.1 No such mailbox here"
+        except SenderRejected as e:
+            # The queue's sender_policy refuses it: a bounce the sender sees, never a silent drop.
+            slog.info("smtp.rejected", code=550, reason=str(e))
+            why = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in str(e))[:300]
+            return f"550 5.7.1 Sender refused by policy: {why}"
         except PermanentError as e:
             slog.info("smtp.rejected", code=554, reason=str(e))
             return "554 5.6.0 Message refused"

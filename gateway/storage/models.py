@@ -108,6 +108,9 @@ class Email(Base):
     # The part ledger: every MIME part and its outcome (gateway.ledger).
     # Empty for mail stored before the ledger existed.
     parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
+    # Our sender verdict (gateway/sender_auth): SPF, DKIM, DMARC, ARC; None when
+    # [authentication] is off. auth_results above is what the mail claimed.
+    authentication: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Upload(Base):
@@ -217,3 +220,17 @@ class ImapMailbox(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class KnownSender(Base):
+    """A sender a queue has had verified, accepted mail from: what look-alikes
+    are compared with."""
+
+    __tablename__ = "known_senders"
+    __table_args__ = (UniqueConstraint("queue_id", "domain", "display_name", name="uq_known_senders"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id"), index=True)
+    domain: Mapped[str] = mapped_column(String(255))  # organizational domain
+    display_name: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(Text, default="")
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import DatabaseUnavailable
@@ -59,6 +60,7 @@ class Rows(Protocol):
     def insert_tasks(self, rows: list[dict]) -> list[int]: ...
     def insert_task_events(self, rows: list[dict]) -> None: ...
     def add_recipients(self, email_id: int, addresses: list[str]) -> None: ...
+    def learn_sender(self, queue_id: int, domain: str, display_name: str, address: str) -> None: ...
 
 
 def merged_recipients(envelope: dict | None, addresses: list[str]) -> dict | None:
@@ -78,6 +80,7 @@ def merged_recipients(envelope: dict | None, addresses: list[str]) -> dict | Non
 
 _emails, _uploads, _documents = m.Email.__table__, m.Upload.__table__, m.Document.__table__
 _tasks, _task_events, _queues = m.Task.__table__, m.TaskEvent.__table__, m.Queue.__table__
+_known = m.KnownSender.__table__
 _SELECT_QUEUE = select(_queues.c.id, _queues.c.name, _queues.c.organization_id).where(
     _queues.c.name == bindparam("name")
 )
@@ -146,6 +149,14 @@ class CoreRows:
     def insert_task_events(self, rows: list[dict]) -> None:
         self.conn.execute(_INSERT_TASK_EVENTS, [storable_row(r) for r in rows])
 
+    def learn_sender(self, queue_id: int, domain: str, display_name: str, address: str) -> None:
+        row = storable({"queue_id": queue_id, "domain": domain, "display_name": display_name, "address": address})
+        if self.conn.dialect.name == "postgresql":
+            stmt = pg_insert(_known).values(**row, first_seen=m.utcnow()).on_conflict_do_nothing()
+        else:
+            stmt = insert(_known).values(**row, first_seen=m.utcnow()).prefix_with("OR IGNORE")
+        self.conn.execute(stmt)
+
     def add_recipients(self, email_id: int, addresses: list[str]) -> None:
         envelope = self.conn.execute(_SELECT_ENVELOPE, {"email_id": email_id}).scalar_one()
         merged = merged_recipients(envelope, addresses)
@@ -182,7 +193,7 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 _EMAIL_COLS = (
     "fingerprint", "message_id", "from_addr", "to", "cc", "subject", "date", "received_at",
-    "source", "envelope", "raw_sha256", "size", "defects", "auth_results", "parts",
+    "source", "envelope", "raw_sha256", "size", "defects", "auth_results", "parts", "authentication",
 )
 _UPLOAD_COLS = ("queue_id", "organization_id", "email_id", "name", "metadata", "created_at")
 _DOCUMENT_COLS = (
@@ -231,7 +242,7 @@ class SqliteRows:
                 row["fingerprint"], row["message_id"], row["from_addr"], _js(row["to"]), _js(row["cc"]),
                 row["subject"], _ts(row["date"]), self.now(), row["source"], _js(row["envelope"]),
                 row["raw_sha256"], row["size"], _js(row["defects"]), _js(row["auth_results"]),
-                _js(row.get("parts", [])),
+                _js(row.get("parts", [])), _js(row.get("authentication")),
             ),
         )
 
@@ -275,6 +286,14 @@ class SqliteRows:
         self.con.executemany(
             _SQL_EVENT,
             [(r["task_id"], r["from_status"], r["to_status"], now, r["actor"], storable(r["reason"])) for r in rows],
+        )
+
+    def learn_sender(self, queue_id: int, domain: str, display_name: str, address: str) -> None:
+        row = storable((domain, display_name, address))
+        self.con.execute(
+            "INSERT OR IGNORE INTO known_senders (queue_id, domain, display_name, address, first_seen)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (queue_id, *row, self.now()),
         )
 
     def add_recipients(self, email_id: int, addresses: list[str]) -> None:
