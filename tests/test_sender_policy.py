@@ -17,7 +17,7 @@ from gateway.sender_policy import evaluate
 from gateway.config import SenderPolicy
 from gateway.storage import models as m
 from tests.peers import dns as dns_peer
-from tests.test_sender_auth import _key_record, _keypair, sign
+from tests.test_sender_auth import _forward_through_list, _key_record, _keypair, sign
 
 LOOPBACK = "127.0.0.1"  # the SMTP client's address: what SPF is checked for
 OUR_ID = "gw.test"
@@ -25,7 +25,7 @@ OUR_ID = "gw.test"
 
 @pytest.fixture(scope="module")
 def keys():
-    return {name: _keypair() for name in ("supplier", "lookalike")}
+    return {name: _keypair() for name in ("supplier", "lookalike", "forwarder")}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,9 @@ def nsd(tmp_path_factory, keys):
         # A domain whose SPF does not list us, under p=reject.
         txt("bank.example.", "v=spf1 ip4:192.0.2.99 -all"),
         txt("_dmarc.bank.example.", "v=DMARC1; p=reject"),
+        # A mailing list that forwards (and ARC-seals) what it relays.
+        txt("forwarder.example.", f"v=spf1 ip4:{LOOPBACK} -all"),
+        _key_record("arc._domainkey.forwarder.example.", keys["forwarder"][1]),
     ])
     yield server
     server.stop()
@@ -231,3 +234,18 @@ async def test_replay_trusts_only_a_configured_upstream_and_records_a_rejected_u
         assert r.status == "created"
         _, statuses, reasons, _ = await upload_state(rt, "replayed forgery")
         assert statuses == ["discarded"] and any((x or "").startswith("rejected: ") for x in reasons)
+
+
+async def test_forwarded_mail_with_a_valid_arc_chain(gateway, keys):
+    rt, port = await gateway()
+    original = sign(mail("billing@supplier.example", "Invoice 42"), "supplier.example", keys["supplier"][0])
+    forwarded = _forward_through_list(original, keys)
+    code, _ = await _send(port, forwarded, mail_from="ap-list-bounces@forwarder.example")
+    assert code == 250
+    email, statuses, reasons, _ = await upload_state(rt, "[ap-list] Invoice 42")
+    v = email.authentication
+    assert v["arc"]["result"] == "pass" and v["arc"]["sealers"] == ["forwarder.example"]
+    assert v["dkim"][0]["result"] == "fail" and v["spf"]["domain"] == "forwarder.example"
+    # The chain is recorded for a person to weigh; it does not override the
+    # author domain's p=reject on its own (no sealer is trusted by configuration).
+    assert v["dmarc"]["result"] == "fail" and statuses == ["reviewing"]
