@@ -159,6 +159,13 @@ def runtime_closure(pyproject: Path = ROOT / "pyproject.toml") -> set[str]:
 READ_FROM_LICENCE_FILE = {
     # metadata says "BSD-like"; dkimpy-1.1.8.dist-info/licenses/LICENSE is the zlib licence word for word
     "dkimpy": "Zlib",
+    # metadata says "GPL"; LICENSE.txt is GPL version 3 (read as -only, the narrower)
+    "extract-msg": "GPL-3.0-only",
+    # metadata says "BSD"; LICENSE.txt / LICENSE.md are the two-clause text
+    "olefile": "BSD-2-Clause",
+    "oletools": "BSD-2-Clause",
+    # metadata says "BSD"; LICENSE is the three-clause text
+    "easygui": "BSD-3-Clause",
 }
 
 
