@@ -60,7 +60,7 @@ def write_mail(rows: Rows, ctx: MailContext, source: str, envelope: dict, queue_
                 "source": source,
                 "envelope": envelope,
                 "raw_sha256": ctx.raw_sha,
-                "size": len(ctx.raw),
+                "size": ctx.raw_size or len(ctx.raw),
                 "defects": parsed.defects,
                 "auth_results": parsed.auth_results,
                 "parts": parsed.ledger(),

@@ -150,10 +150,7 @@ class Ingestor:
         # messages/s, measured) with the parser helper and the writer idle.
         async with self._limit if len(raw) > SMALL_MESSAGE_BYTES else contextlib.nullcontext():
             try:
-                verdict = await self.senders.verify(raw, source, envelope)
-                stored = self.senders.stamp(raw, verdict)
-                ctx = await self._prepare(stored, envelope, queues)
-                ctx.raw, ctx.authentication = stored, verdict
+                ctx = await self._prepare(raw, source, envelope, queues)
                 await self.senders.decide(ctx, source)
                 result = await self._commit_mail(ctx, source, envelope)
                 if ctx.learn:
@@ -169,27 +166,30 @@ class Ingestor:
         await self._notify(result)
         return result
 
-    async def _prepare(self, raw: bytes, envelope: Envelope, queues: list[str] | None) -> MailContext:
+    async def _prepare(self, raw: bytes, source: str, envelope: Envelope, queues: list[str] | None) -> MailContext:
         """The pipeline's prepare steps off the event loop: in a helper
         process, or (no helpers configured) in one worker thread hop. The
         blobs are made durable by the commit's flush. A parse past
         ``parse_timeout`` is stopped (a helper) or abandoned (a thread), and
         the mail is prepared unparsed instead: never lost, never a 451 loop."""
+        sender = (envelope.peer, envelope.helo, envelope.mail_from)
         try:
             if self._processes is not None:
-                ctx = await self._processes.prepare(raw, envelope.rcpt_to, queues)
+                ctx = await self._processes.prepare(raw, envelope.rcpt_to, queues, source, sender)
                 if ctx.unsynced:
                     self.blobs.mark_unsynced()
                 return ctx
             return await asyncio.wait_for(
-                asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False),
+                asyncio.to_thread(self._preparer.prepare, raw, envelope.rcpt_to, queues, sync=False,
+                                  source=source, sender=sender),
                 self.parse_timeout,
             )
         except (ParseTimeout, asyncio.TimeoutError):
             reason = (f"parse_timeout: parsing took longer than {self.parse_timeout:g} s;"
                       " the raw message is the document, held for review")
             log.warning("ingest.parse_timeout", size=len(raw), timeout=self.parse_timeout)
-            return await asyncio.to_thread(self._preparer.prepare_unparsed, raw, envelope.rcpt_to, queues, reason=reason)
+            return await asyncio.to_thread(self._preparer.prepare_unparsed, raw, envelope.rcpt_to, queues,
+                                           reason=reason, source=source, sender=sender)
 
     async def _commit_mail(self, ctx: MailContext, source: str, envelope: Envelope) -> IngestResult:
         env = envelope.as_dict()

@@ -2,10 +2,10 @@
 
     verify → parse (with the part ledger) → route → policy → store → sender → commit → notify
 
-Parse to store are CPU and file work; they run off the event loop, in a
+Verify to store are CPU, DNS and file work; they run off the event loop, in a
 helper process or a worker thread (``gateway.preparer``), one after the other
-over one ``MailContext``. ``verify`` and ``sender`` (``gateway.sender_check``:
-DNS, and each queue's known senders), ``commit`` (``gateway.commit``, all rows
+over one ``MailContext``. ``sender`` (``gateway.sender_check``: each queue's
+known senders), ``commit`` (``gateway.commit``, all rows
 in one transaction, after the blobs are durable) and ``notify`` (wake the
 workers, ``gateway.queue.wakeup``) run in the daemon's process.
 
@@ -35,6 +35,9 @@ class MailContext:
     raw: bytes
     rcpt_to: list[str]
     queues: list[str] | None  # forced queues (replay --queue, HTTP): no routing by address
+    source: str = ""  # smtp | imap | http | replay
+    sender: tuple[str | None, str | None, str | None] = (None, None, None)  # peer, HELO, MAIL FROM
+    raw_size: int = 0  # of the message as stored (with our Authentication-Results)
     parsed: parse.ParsedMail | None = None
     routes: list[Route] = field(default_factory=list)
     plans: dict[str, list[DocPlan]] = field(default_factory=dict)  # per queue name
@@ -48,6 +51,13 @@ class MailContext:
 
 
 Step = Callable[[MailContext, "Preparer"], None]
+
+
+def verify_step(ctx: MailContext, env: "Preparer") -> None:
+    """Our sender verdict and its header on top of the message ([authentication])."""
+    if env.verifier is not None:
+        ctx.authentication = env.verifier.verify(ctx.raw, ctx.source, *ctx.sender)
+        ctx.raw = env.verifier.stamp(ctx.raw, ctx.authentication)
 
 
 def parse_step(ctx: MailContext, env: "Preparer") -> None:
@@ -67,8 +77,9 @@ def store_step(ctx: MailContext, env: "Preparer") -> None:
     """The raw message and every document, content-addressed. Durable only
     after the commit step's flush (see ``storage.blobs``)."""
     sync = env.sync_blobs
+    ctx.raw_size = len(ctx.raw)
     ctx.raw_sha = env.blobs.put_sync(ctx.raw, sync=sync)
     ctx.docs = [(d, env.blobs.put_sync(d.data, sync=sync)) for d in ctx.parsed.documents]
 
 
-PREPARE_STEPS: tuple[Step, ...] = (parse_step, route_step, policy_step, store_step)
+PREPARE_STEPS: tuple[Step, ...] = (verify_step, parse_step, route_step, policy_step, store_step)

@@ -54,6 +54,7 @@ from gateway.observability import get_logger
 from gateway.pipeline import PREPARE_STEPS, MailContext, parse_step
 from gateway.policy import QueuePolicy
 from gateway.routing import Route, Router
+from gateway.sender_check import AuthConfig, SenderVerifier
 from gateway.storage import blobs as blobs_mod
 from gateway.storage.blobs import LocalBlobStore
 
@@ -88,6 +89,7 @@ class PreparerConfig:
     max_depth: int
     queues: tuple[tuple[str, tuple[str, ...]], ...]
     policies: tuple[tuple[str, QueuePolicy], ...] = ()
+    auth: AuthConfig | None = None  # [authentication], when enabled
 
     @classmethod
     def from_settings(cls, settings) -> "PreparerConfig":
@@ -96,6 +98,7 @@ class PreparerConfig:
             max_depth=settings.storage.max_nesting_depth,
             queues=tuple((q.name, tuple(q.addresses)) for q in settings.queues),
             policies=tuple((q.name, QueuePolicy.from_settings(q)) for q in settings.queues),
+            auth=AuthConfig.from_settings(settings),
         )
 
 
@@ -113,6 +116,7 @@ class Preparer:
         self.queue_names = {n for n, _ in config.queues}
         self._policies = dict(config.policies)
         self.sync_blobs = False
+        self.verifier = SenderVerifier(config.auth) if config.auth is not None else None
 
     def policy(self, queue: str) -> QueuePolicy:
         return self._policies.get(queue) or QueuePolicy()
@@ -131,22 +135,25 @@ class Preparer:
             raise NoRoute("no recipient routes to a queue")
         return routes
 
-    def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, sync: bool) -> Prepared:
-        """Parse, route (NoRoute before any blob is written), plan, write the blobs."""
+    def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, sync: bool,
+                source: str = "", sender: tuple = (None, None, None)) -> Prepared:
+        """Verify, parse, route (NoRoute before any blob is written), plan, write the blobs."""
         self.sync_blobs = sync
-        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues)
+        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues, source=source, sender=tuple(sender))
         for step in PREPARE_STEPS:
             step(ctx, self)
         return ctx
 
-    def prepare_unparsed(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, reason: str) -> Prepared:
+    def prepare_unparsed(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None, *, reason: str,
+                         source: str = "", sender: tuple = (None, None, None)) -> Prepared:
         """A mail whose parse did not finish: stored all the same, its raw
         message the one document, its task held for a person."""
         self.sync_blobs = False
-        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues)
-        ctx.parsed = parse.unparsed_mail(raw, reason)
+        ctx = MailContext(raw=raw, rcpt_to=list(rcpt_to), queues=queues, source=source, sender=tuple(sender))
         for step in PREPARE_STEPS:
-            if step is not parse_step:
+            if step is parse_step:
+                ctx.parsed = parse.unparsed_mail(ctx.raw, reason)
+            else:
                 step(ctx, self)
         for plans in ctx.plans.values():
             for p in plans:
@@ -366,9 +373,10 @@ class PreparerProcesses:
         now = time.monotonic()
         return min(alive, key=lambda h: h.head_age(now))
 
-    async def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None) -> Prepared:
+    async def prepare(self, raw: bytes, rcpt_to: list[str], queues: list[str] | None,
+                      source: str = "", sender: tuple = (None, None, None)) -> Prepared:
         """Raises ParseTimeout when the parse ran past the deadline."""
-        payload = (raw, list(rcpt_to), queues)
+        payload = (raw, list(rcpt_to), queues, source, tuple(sender))
         for _ in range(8):  # each round follows a helper taken out of service
             helper = await self._helper()
             fut = await helper.submit(payload)
@@ -465,9 +473,9 @@ def main() -> None:
     out.write(_READY)
     out.flush()
     while (frame := _read_frame(inp)) is not None:
-        rid, (raw, rcpt_to, queues) = pickle.loads(frame)
+        rid, (raw, rcpt_to, queues, source, sender) = pickle.loads(frame)
         try:
-            result = preparer.prepare(raw, rcpt_to, queues, sync=sync)
+            result = preparer.prepare(raw, rcpt_to, queues, sync=sync, source=source, sender=sender)
             result.unsynced = not sync
             _strip(result)
             data = _answer(rid, True, result)

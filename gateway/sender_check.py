@@ -1,14 +1,14 @@
 """The ingest's sender step: our verdict on who sent a mail, and what each
 queue's ``sender_policy`` makes of it.
 
-Runs in the daemon's process around the prepare steps (it needs DNS and the
-queues' known senders, which the helpers do not have):
+Two halves:
 
-* ``verify`` (before prepare): SPF for the connection (SMTP only), DKIM, DMARC,
-  ARC, in a worker thread (``gateway.sender_auth`` is synchronous; threads keep
-  SMTP sessions verifying side by side), and our ``Authentication-Results``
-  header for the top of the stored message. For IMAP and replay the topmost
-  upstream header of a trusted authserv-id gives SPF and DMARC.
+* ``verify`` (``SenderVerifier``, the first prepare step, where the parse runs:
+  a helper process or a thread): SPF for the connection (SMTP only), DKIM,
+  DMARC, ARC, and our ``Authentication-Results`` header for the top of the
+  stored message. For IMAP and replay the topmost upstream header of a trusted
+  authserv-id gives SPF and DMARC. In the daemon's own threads the RSA checks
+  competed with the event loop for the GIL (bench/README.md).
 * ``decide`` (after prepare): per route, accept, hold every task in
   ``reviewing`` with the reason, or reject (``SenderRejected``: SMTP 550 5.7.1
   when every route rejects; otherwise that upload's tasks are recorded as
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from dataclasses import dataclass
 
 import dns.resolver
 
@@ -41,39 +42,56 @@ class SenderRejected(PermanentError):
     """Every queue the mail is for refuses its sender (SMTP 550 5.7.1)."""
 
 
-class SenderCheck:
-    def __init__(self, settings, sessions) -> None:
+@dataclass(frozen=True)
+class AuthConfig:
+    """What verification needs, picklable for the parser helpers."""
+
+    authserv_id: str
+    nameservers: tuple[str, ...]
+    timeout: float
+    budget: float | None
+    cache_size: int
+    trusted: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings) -> "AuthConfig | None":
         auth = settings.authentication
-        self.enabled = auth.enabled
-        self.sessions = sessions
-        self.authserv_id = auth.authserv_id or settings.smtp.hostname
-        self.trusted = [t.lower() for t in auth.trusted_authserv_ids if t.lower() != self.authserv_id.lower()]
-        self.policies = {q.name: q.sender_policy for q in settings.queues}
-        self._known: dict[str, tuple[float, lookalike.KnownSenders]] = {}
-        self.resolver = None
-        if self.enabled:
-            servers = auth.nameservers or dns.resolver.Resolver().nameservers
-            self.resolver = Resolver(servers, timeout=auth.timeout, cache_size=auth.cache_size, budget=auth.budget)
-
-    # --- verify ---------------------------------------------------------------------
-
-    async def verify(self, raw: bytes, source: str, envelope) -> dict | None:
-        if not self.enabled:
+        if not auth.enabled:
             return None
-        return await asyncio.to_thread(self._verify, raw, source, envelope)
+        authserv_id = auth.authserv_id or settings.smtp.hostname
+        return cls(
+            authserv_id=authserv_id,
+            nameservers=tuple(auth.nameservers or dns.resolver.Resolver().nameservers),
+            timeout=auth.timeout,
+            budget=auth.budget,
+            cache_size=auth.cache_size,
+            trusted=tuple(t.lower() for t in auth.trusted_authserv_ids if t.lower() != authserv_id.lower()),
+        )
 
-    def _verify(self, raw: bytes, source: str, envelope) -> dict:
+
+class SenderVerifier:
+    """The verify step: runs where the parse runs (a helper process: its CPU,
+    mostly DKIM's RSA check and body hashing, is then not the daemon's), with
+    a DNS cache per process."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.authserv_id = config.authserv_id
+        self.resolver = Resolver(list(config.nameservers), timeout=config.timeout,
+                                 cache_size=config.cache_size, budget=config.budget)
+
+    def verify(self, raw: bytes, source: str, peer: str | None, helo: str | None, mail_from: str | None) -> dict:
         started = time.perf_counter()
         smtp = source == "smtp"
         verdict = verify(
             raw,
-            peer_ip=envelope.peer if smtp else None,
-            helo=envelope.helo if smtp else None,
-            mail_from=envelope.mail_from if smtp else None,
+            peer_ip=peer if smtp else None,
+            helo=helo if smtp else None,
+            mail_from=mail_from if smtp else None,
             resolver=self.resolver,
         ).as_dict()
-        if not smtp and self.trusted:
-            upstream = trusted_upstream(raw, self.trusted)
+        if not smtp and self.config.trusted:
+            upstream = trusted_upstream(raw, list(self.config.trusted))
             if upstream:
                 # SPF needs the connection we did not see; DMARC builds on it.
                 for key in ("spf", "dmarc"):
@@ -95,6 +113,15 @@ class SenderCheck:
         nl = b"\r\n" if raw[: raw.find(b"\n") + 1].endswith(b"\r\n") else b"\n"
         value = authentication_results(Verdict.from_dict(verdict), self.authserv_id, fold=(nl + b"\t").decode())
         return b"Authentication-Results: " + value.encode("ascii", "replace") + nl + raw
+
+
+class SenderCheck:
+    """The sender step, in the daemon: each route's sender policy."""
+
+    def __init__(self, settings, sessions) -> None:
+        self.sessions = sessions
+        self.policies = {q.name: q.sender_policy for q in settings.queues}
+        self._known: dict[str, tuple[float, lookalike.KnownSenders]] = {}
 
     # --- decide ---------------------------------------------------------------------
 
