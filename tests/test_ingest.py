@@ -237,11 +237,11 @@ async def test_only_messages_over_64_kib_wait_for_an_ingest_slot(db_url, make_se
         started = []
         real_prepare = ingestor._prepare
 
-        async def prepare(raw, envelope, queues):
+        async def prepare(raw, source, envelope, queues):
             started.append(len(raw))
             if len(raw) > SMALL_MESSAGE_BYTES:
                 await release.wait()
-            return await real_prepare(raw, envelope, queues)
+            return await real_prepare(raw, source, envelope, queues)
 
         monkeypatch.setattr(ingestor, "_prepare", prepare)
         big = [make_mail(msgid=f"<big-{i}@x>", attachments=(("a.pdf", PDF + bytes(100_000)),)) for i in range(2)]
