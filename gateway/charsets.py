@@ -122,6 +122,7 @@ def _canonical(charset: str) -> str | None:
     match = re.fullmatch(r"(?:windows|win|cp|ms|ibm)[-_ ]?(\d{3,5})", name)
     if match:
         candidates.append(f"cp{match.group(1)}")
+    found = []
     for candidate in candidates:
         try:
             info = codecs.lookup(candidate)
@@ -131,8 +132,22 @@ def _canonical(charset: str) -> str | None:
             return None
         if info.name.replace("_", "-") in _NOT_CHARSETS or info.name in _NOT_CHARSETS:
             return None
-        return info.name
-    return None
+        found.append(info)
+    # The standard library's codec first: a library may register a codec
+    # search function of its own (extract-msg does, for "windows-874" and
+    # "x-mac-cyrillic"), which would otherwise win depending on import order.
+    for info in found:
+        if _stdlib_codec(info):
+            return info.name
+    return found[0].name if found else None
+
+
+def _stdlib_codec(info: codecs.CodecInfo) -> bool:
+    if type(info.decode).__name__ == "builtin_function_or_method":  # the C codecs (CJK, latin-1)
+        return True
+    module = getattr(info.decode, "__module__", "") or ""
+    owner = getattr(getattr(info.decode, "__self__", None), "__module__", "") or ""
+    return module.startswith("encodings") or owner.startswith("encodings") or module in ("_codecs", "codecs")
 
 
 def effective_codec(charset: str | None) -> str | None:

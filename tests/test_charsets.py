@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+
 import email
 import email.header
 import random
@@ -320,3 +322,19 @@ def test_fixture(fixture):
     body = text_part.get_payload(decode=True)
     text, _ = decode_bytes(body, [text_part.get_content_charset(), container])
     assert text.strip() == EXPECTED_BODIES[fixture]
+
+
+
+def test_a_library_registering_its_own_codecs_does_not_change_our_choice():
+    """extract-msg (Outlook .msg support) registers a codec search function
+    that answers "windows-874" and "x-mac-cyrillic" itself; which codec won
+    depended on whether a test had imported it first."""
+    import extract_msg  # noqa: F401  (its import registers the codecs)
+
+    from gateway.charsets import _canonical
+
+    _canonical.cache_clear()
+    assert codecs.lookup("windows-874").decode.__module__.startswith("extract_msg")
+    assert effective_codec("windows-874") == "cp874"
+    assert effective_codec("x-mac-cyrillic") == "mac-cyrillic"
+    assert effective_codec("gb2312") == "gb18030" and effective_codec("latin1") == "cp1252"
