@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import email
 import email.header
 import email.parser
@@ -186,20 +185,6 @@ def decode_transfer(data: bytes, cte: str) -> bytes:
         return base64.b64decode(b"".join(data.split()) + b"==", validate=False)
     except (binascii.Error, ValueError):
         return data
-
-
-def python_codec(charset: str | None) -> str | None:
-    if not charset:
-        return None
-    name = str(charset).strip().strip("\"'").lower()
-    for candidate in (name, name.removeprefix("x-"), name.replace("unicode-1-1-", "")):
-        try:
-            info = codecs.lookup(candidate)
-        except (LookupError, ValueError, TypeError):
-            continue
-        if getattr(info, "_is_text_encoding", True):  # not rot13, base64_codec...
-            return info.name
-    return None
 
 
 def decode_text(payload: bytes, charset: str | None, where: str, defects: list[str]) -> str:
