@@ -300,6 +300,37 @@ async def check_smtp(settings: Settings) -> AsyncIterator[CheckResult]:
     yield CheckResult("smtp", True, f"can listen on {s.host}:{s.port} as {s.hostname}; {tls}")
 
 
+async def check_authentication(settings: Settings) -> AsyncIterator[CheckResult]:
+    """Each nameserver [authentication] names answers a DNS query (any answer:
+    an authoritative-only server refuses the root and still counts). With
+    none answering, every verdict would be temperror."""
+    a = settings.authentication
+    if not a.enabled:
+        return
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    from gateway.sender_auth.resolver import parse_nameserver
+    from gateway.sender_check import AuthConfig
+
+    for server in AuthConfig.from_settings(settings).nameservers:
+        name = f"authentication.{server}"
+        try:
+            host, port = parse_nameserver(server)
+        except ValueError as e:
+            yield CheckResult(name, False, str(e))
+            continue
+        query = dns.message.make_query(".", "SOA")
+        try:
+            reply = await asyncio.to_thread(dns.query.udp, query, host, timeout=min(a.timeout, CONNECT_TIMEOUT), port=port)
+        except (dns.exception.DNSException, OSError) as e:
+            yield CheckResult(name, False, f"does not answer DNS queries: {type(e).__name__}: {e}")
+            continue
+        yield CheckResult(name, True, f"answers DNS queries ({dns.rcode.to_text(reply.rcode())} for the root)")
+
+
 CHECKS: list[Callable[[Settings], AsyncIterator[CheckResult]]] = [
     check_storage,
     check_database,
@@ -307,6 +338,7 @@ CHECKS: list[Callable[[Settings], AsyncIterator[CheckResult]]] = [
     check_imap,
     check_smtp,
     check_http,
+    check_authentication,
 ]
 
 

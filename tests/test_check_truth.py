@@ -277,3 +277,30 @@ def test_check_reports_an_empty_postgresql_database_without_migrating_it(tmp_pat
             await conn.close()
 
     assert asyncio.run(tables()) == []
+
+
+def test_authentication_nameservers_are_asked(tmp_path):
+    """[authentication] nameservers: one that answers (NSD, authoritative for
+    another zone: it refuses the root and still counts), one that never does."""
+    from tests.peers import dns as dns_peer
+
+    if reason := dns_peer.missing():
+        pytest.skip(reason)
+    nsd = dns_peer.Nsd.create(tmp_path / "nsd", zones=("example",))
+    silent = dns_peer.Silent()
+    try:
+        nsd.serve([dns_peer.txt("a.example.", "v=spf1 -all")])
+        cfg = tmp_path / "auth.toml"
+        cfg.write_text(
+            f'[storage]\nroot = "storage"\n[smtp]\nenabled = false\n[http]\nenabled = false\n'
+            f'[authentication]\nenabled = true\ntimeout = 1.0\nnameservers = ["{nsd.address}", "{silent.address}"]\n'
+            '[[organizations]]\nname = "acme"\n[[queues]]\nname = "invoices"\norganization = "acme"\n'
+        )
+        p = subprocess.run([*GATEWAY, "--config", str(cfg), "check", "--json"], capture_output=True, text=True, timeout=60)
+        rows = {r["name"]: r for r in map(json.loads, p.stdout.splitlines())}
+        assert rows[f"authentication.{nsd.address}"]["ok"] is True
+        assert rows[f"authentication.{silent.address}"]["ok"] is False
+        assert p.returncode == 1
+    finally:
+        silent.close()
+        nsd.stop()
