@@ -66,13 +66,13 @@ from email.utils import parseaddr
 from typing import Literal, NamedTuple
 
 import idna
-from publicsuffixlist import PublicSuffixList
+
+from gateway.public_suffix import registrable
 
 __all__ = ["Finding", "KnownSenders", "check", "org_domain", "skeleton", "damerau_levenshtein"]
 
 # RFC 2606 / RFC 6761 reserved names: public suffixes for our purposes, whatever the
 # PSL says (it has none of them, and `accept_unknown` is a library default).
-RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})
 
 # Providers where anyone can have an address: the org domain says nothing about who
 # the sender is. A sender there never gets `lookalike_domain` (gmx.de is not a
@@ -136,11 +136,6 @@ _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _LDH = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\Z")
 
 
-@functools.cache
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList()
-
-
 def _label_to_ascii(label: str) -> str:
     """Lenient per-label fallback for names the strict UTS #46 codec refuses."""
     label = unicodedata.normalize("NFKC", label).casefold()
@@ -184,13 +179,6 @@ def _normalise(domain: str) -> tuple[str, str]:
     return a, u
 
 
-def _registrable(a: str) -> str | None:
-    labels = a.split(".")
-    if labels[-1] in RESERVED_TLDS:
-        return ".".join(labels[-2:]) if len(labels) > 1 else None
-    return _psl().privatesuffix(a)
-
-
 def org_domain(domain: str) -> str:
     """The organizational domain of ``domain`` (RFC 7489 section 3.2): its public suffix
     plus one label, in A-label form, lowercase, without a trailing dot.
@@ -201,7 +189,7 @@ def org_domain(domain: str) -> str:
     is not a domain name (empty, an address literal, empty labels).
     """
     a = _normalise(domain)[0]
-    return _registrable(a) or a
+    return registrable(a) or a
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +212,7 @@ def _org(domain: str) -> tuple[_Org, str] | None:
         a, u = _normalise(domain)
     except ValueError:
         return None
-    oa = _registrable(a)
+    oa = registrable(a)
     if oa is None:
         return None
     ou = ".".join(u.split(".")[-(oa.count(".") + 1) :])

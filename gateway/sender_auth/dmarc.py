@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 from email.utils import getaddresses
 
-from publicsuffixlist import PublicSuffixList
-
+from gateway.public_suffix import registrable
 from gateway.sender_auth.resolver import DnsTemporaryError, Lookups
 from gateway.sender_auth.verdict import (
     FAIL,
@@ -26,10 +25,8 @@ from gateway.sender_auth.verdict import (
     SpfResult,
 )
 
-RESERVED_SUFFIXES = frozenset({"example", "test", "invalid", "localhost"})
 POLICIES = ("none", "quarantine", "reject")
 
-_psl = PublicSuffixList()
 _DMARC_RECORD = re.compile(r"\s*v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
 
 
@@ -49,10 +46,8 @@ def normalize_domain(domain: str | None) -> str | None:
 
 def org_domain(domain: str) -> str:
     """The organizational domain (RFC 7489 3.2): the public suffix plus one label."""
-    labels = domain.lower().strip(".").split(".")
-    if labels[-1] in RESERVED_SUFFIXES:
-        return ".".join(labels[-2:])
-    return _psl.privatesuffix(".".join(labels)) or ".".join(labels)
+    name = domain.lower().strip(".")
+    return registrable(name) or name
 
 
 def aligned(identifier: str | None, from_domain: str, mode: str) -> bool:
