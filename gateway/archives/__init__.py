@@ -265,6 +265,18 @@ def open_nested(
     return kind, members, None
 
 
+def file_member(
+    path: str, name: str, content: bytes, budget: Budget, depth: int, defects: list[str]
+) -> Member:
+    """A member's bytes (already charged to the budget) as a document, or as
+    a container when they are an archive themselves."""
+    ctype = member_type(name, content)
+    kind, inner, _ = open_nested(content, name, ctype, budget, depth, defects)
+    if kind is not None:
+        return Member(path, name, ctype, content, "container", None, archive=kind, members=inner)
+    return Member(path, name, ctype, content, "document")
+
+
 def _open_zip(data: bytes, budget: Budget, depth: int, defects: list[str]) -> list[Member]:
     from gateway.archives.zip import open_zip
 

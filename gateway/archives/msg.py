@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.archives import Bomb, Budget, Member, NotAnArchive, member_type, open_nested, safe_name
+from gateway.archives import Bomb, Budget, Member, NotAnArchive, file_member, member_type, safe_name
 from gateway.archives.tnef import rtf_body
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -108,12 +108,7 @@ def _members(msg, budget: Budget, depth: int, defects: list[str]) -> list[Member
             continue
         content = bytes(content)
         budget.take(len(content))
-        ctype = member_type(name, content)
-        kind, inner, _ = open_nested(content, name, ctype, budget, depth, defects)
-        if kind is not None:
-            members.append(Member(path, name, ctype, content, "container", archive=kind, members=inner))
-        else:
-            members.append(Member(path, name, ctype, content, "document"))
+        members.append(file_member(path, name, content, budget, depth, defects))
     return members
 
 

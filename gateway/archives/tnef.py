@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.archives import Bomb, Budget, Member, NotAnArchive, member_type, open_nested, safe_name
+from gateway.archives import Bomb, Budget, Member, NotAnArchive, file_member, member_type, safe_name
 
 _MAGIC = b"\x78\x9f\x3e\x22"
 _MAX_OBJECTS = 20_000  # a real winmail.dat has a few dozen attributes, ~10 per attachment
@@ -73,12 +73,7 @@ def _members(tnef, budget: Budget, depth: int, defects: list[str]) -> list[Membe
             continue
         content = bytes(content)
         budget.take(len(content))
-        ctype = member_type(name, content)
-        kind, inner, _ = open_nested(content, name, ctype, budget, depth, defects)
-        if kind is not None:
-            members.append(Member(path, name, ctype, content, "container", archive=kind, members=inner))
-        else:
-            members.append(Member(path, name, ctype, content, "document"))
+        members.append(file_member(path, name, content, budget, depth, defects))
     return members
 
 

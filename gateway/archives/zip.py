@@ -27,7 +27,7 @@ import struct
 import zipfile
 from io import BytesIO
 
-from gateway.archives import Bomb, Budget, Member, NotAnArchive, member_type, open_nested, safe_name
+from gateway.archives import Bomb, Budget, Member, NotAnArchive, file_member, member_type, safe_name
 
 _CHUNK = 64 * 1024
 _EOCD = struct.Struct("<4s4H2LH")  # signature, disk, cd disk, entries on disk, entries, cd size, cd offset, comment length
@@ -98,11 +98,7 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, index: int, budget: Budg
         return skipped("unparseable")
     content = b"".join(chunks)
     del chunks
-    ctype = member_type(name, content)
-    kind, inner, _ = open_nested(content, name, ctype, budget, depth, defects)
-    if kind is not None:
-        return Member(raw_name, name, ctype, content, "container", None, archive=kind, members=inner)
-    return Member(raw_name, name, ctype, content, "document")
+    return file_member(raw_name, name, content, budget, depth, defects)
 
 
 def _precount(data: bytes, budget: Budget) -> None:
