@@ -152,3 +152,13 @@ async def test_mails_queued_behind_a_slow_parse_go_to_another_helper(sqlite_url,
         result = await slow
         assert result.status == "created"
         assert time.monotonic() - started > waited
+
+
+@pytest.mark.parametrize("name", [b"Content-Disposition", b"CONTENT-TYPE", b"content-type \t"])
+def test_caps_find_content_fields_in_any_case_and_at_the_very_start(name):
+    from gateway.parse_guard import MAX_PARAMS, cap_headers
+
+    field = name + b": attachment; filename=\"x" + b";" * 500 + b"\r\n"
+    for raw in (field + b"\r\nbody\r\n", b"Subject: s\r\n" + field + b"\r\nbody\r\n"):
+        capped, cut = cap_headers(raw)
+        assert len(cut) == 1 and capped.count(b";") == MAX_PARAMS + 1 and capped.endswith(b"\r\n\r\nbody\r\n")
