@@ -57,6 +57,7 @@ FINGERPRINT_HEADERS = (
     b"sender", b"reply-to", b"in-reply-to", b"references",
     b"content-type", b"content-transfer-encoding", b"content-disposition",
 )
+_TRAILING_SPACE = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.rstrip() strips
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but ':'
 
 
@@ -148,11 +149,15 @@ def message_fingerprint(raw: bytes) -> str:
     refold them); names are compared without case; repeated fields keep
     their order among themselves.
     """
-    data = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = raw.replace(b"\r\n", b"\n")
+    if b"\r" in data:  # bare CRs (old Mac line ends) are rare: no second copy otherwise
+        data = data.replace(b"\r", b"\n")
     if data.startswith(b"\n"):
-        head, body = b"", data[1:]
+        head_end, body_start = 0, 1
     else:
-        head, _, body = data.partition(b"\n\n")
+        i = data.find(b"\n\n")
+        head_end, body_start = (len(data), len(data)) if i == -1 else (i, i + 2)
+    head = data[:head_end]
     fields: list[list[bytes]] = []
     for line in head.split(b"\n"):
         if line[:1] in (b" ", b"\t") and fields:
@@ -173,7 +178,14 @@ def message_fingerprint(raw: bytes) -> str:
     # By name (stable for repeated fields): Exchange and some filters
     # rewrite the header block in an order of their own.
     kept.sort(key=lambda field: field.partition(b":")[0])
-    return hashlib.sha256(b"\n".join(kept) + b"\n\n" + body.rstrip()).hexdigest()
+    # The body hashed where it lies, trailing whitespace left out: no copies
+    # of a 40 MB body for partition, rstrip and concatenation.
+    end = len(data)
+    while end > body_start and data[end - 1] in _TRAILING_SPACE:
+        end -= 1
+    digest = hashlib.sha256(b"\n".join(kept) + b"\n\n")
+    digest.update(memoryview(data)[body_start:end])
+    return digest.hexdigest()
 
 
 # --- the walk ------------------------------------------------------------
